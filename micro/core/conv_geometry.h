@@ -1,0 +1,67 @@
+// Spatial geometry shared by the convolution-shaped training ops.
+#ifndef TFLM_TRAIN_MICRO_CORE_CONV_GEOMETRY_H_
+#define TFLM_TRAIN_MICRO_CORE_CONV_GEOMETRY_H_
+
+#include <cstdint>
+
+namespace tflm_train {
+namespace core {
+
+// Batch-1 NHWC convolution with explicit padding. Input position of output
+// row `oh` and kernel row `kh`: oh*stride_h - pad_top + kh*dilation_h (same for
+// columns); positions outside the input contribute nothing.
+struct ConvGeometry {
+  int in_h = 1, in_w = 1;
+  int out_h = 1, out_w = 1;
+  int kernel_h = 1, kernel_w = 1;
+  int stride_h = 1, stride_w = 1;
+  int dilation_h = 1, dilation_w = 1;
+  int pad_top = 0, pad_left = 0;
+
+  int InputRow(int oh, int kh) const {
+    return oh * stride_h - pad_top + kh * dilation_h;
+  }
+  int InputCol(int ow, int kw) const {
+    return ow * stride_w - pad_left + kw * dilation_w;
+  }
+  // The output row whose window puts kernel row `kh` on input row `ih`;
+  // false if there is none (not an exact multiple of the stride, or outside).
+  bool OutputRow(int ih, int kh, int* oh) const {
+    return InverseTap(ih + pad_top - kh * dilation_h, stride_h, out_h, oh);
+  }
+  bool OutputCol(int iw, int kw, int* ow) const {
+    return InverseTap(iw + pad_left - kw * dilation_w, stride_w, out_w, ow);
+  }
+
+ private:
+  static bool InverseTap(int offset, int stride, int extent, int* out) {
+    if (offset < 0 || offset % stride != 0) return false;
+    *out = offset / stride;
+    return *out < extent;
+  }
+};
+
+// Null if `g` is a geometry some SAME/VALID convolution can have (positive
+// sizes, strides and dilations; padding within the dilated kernel; every
+// output window starting inside the input); otherwise what is wrong.
+const char* CheckConvGeometry(const ConvGeometry& g);
+
+// Straight-through estimator of a fused ReLU/ReLU6: the gradient passes only
+// where the forward int8 output `y` was strictly inside (act_min, act_max).
+// Without `y` (no fused activation) it always passes.
+struct ActivationMask {
+  const int8_t* y = nullptr;
+  int32_t act_min = -128;
+  int32_t act_max = 127;
+
+  float Apply(float dy, int index) const {
+    if (y == nullptr) return dy;
+    const int32_t v = y[index];
+    return (act_min < v && v < act_max) ? dy : 0.0f;
+  }
+};
+
+}  // namespace core
+}  // namespace tflm_train
+
+#endif  // TFLM_TRAIN_MICRO_CORE_CONV_GEOMETRY_H_

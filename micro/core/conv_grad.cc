@@ -1,0 +1,65 @@
+#include "core/conv_grad.h"
+
+namespace tflm_train {
+namespace core {
+
+void ConvInputGrad(const ConvGeometry& geometry, const ActivationMask& mask,
+                   const float* dy, const SplitWeight& weight,
+                   const float* w_scale, float* dx) {
+  const ConvGeometry& g = geometry;
+  const int out_channels = weight.out_channels;
+  for (int ih = 0; ih < g.in_h; ++ih) {
+    for (int iw = 0; iw < g.in_w; ++iw) {
+      for (int i = 0; i < weight.in_channels; ++i) {
+        float acc = 0.0f;
+        for (int kh = 0; kh < g.kernel_h; ++kh) {
+          int oh;
+          if (!g.OutputRow(ih, kh, &oh)) continue;
+          for (int kw = 0; kw < g.kernel_w; ++kw) {
+            int ow;
+            if (!g.OutputCol(iw, kw, &ow)) continue;
+            const int base = (oh * g.out_w + ow) * out_channels;
+            for (int o = 0; o < out_channels; ++o) {
+              const float grad = mask.Apply(dy[base + o], base + o) * w_scale[o];
+              acc = acc + static_cast<float>(weight.At(o, kh, kw, i)) * grad;
+            }
+          }
+        }
+        dx[(ih * g.in_w + iw) * weight.in_channels + i] = acc;
+      }
+    }
+  }
+}
+
+float BiasGrad(int positions, int out_channels, const ActivationMask& mask,
+               const float* dy, int o) {
+  float acc = 0.0f;
+  for (int p = 0; p < positions; ++p) {
+    const int index = p * out_channels + o;
+    acc = acc + mask.Apply(dy[index], index);
+  }
+  return acc;
+}
+
+float WeightGradAt(const WeightGradSpec& spec, const ActivationMask& mask,
+                   const float* dy, const int8_t* x, int o, int kh, int kw,
+                   int x_channel) {
+  const ConvGeometry& g = spec.geometry;
+  float acc = 0.0f;
+  for (int oh = 0; oh < g.out_h; ++oh) {
+    const int ih = g.InputRow(oh, kh);
+    if (ih < 0 || ih >= g.in_h) continue;
+    for (int ow = 0; ow < g.out_w; ++ow) {
+      const int iw = g.InputCol(ow, kw);
+      if (iw < 0 || iw >= g.in_w) continue;
+      const int index = (oh * g.out_w + ow) * spec.out_channels + o;
+      const int32_t xq = x[(ih * g.in_w + iw) * spec.x_channels + x_channel];
+      acc = acc + mask.Apply(dy[index], index) *
+                      static_cast<float>(xq - spec.x_zero_point);
+    }
+  }
+  return acc * spec.x_scale;
+}
+
+}  // namespace core
+}  // namespace tflm_train

@@ -1,0 +1,23 @@
+// Input gradient of DEPTHWISE_CONV_2D in the contract's float evaluation order.
+#ifndef TFLM_TRAIN_MICRO_CORE_DEPTHWISE_GRAD_H_
+#define TFLM_TRAIN_MICRO_CORE_DEPTHWISE_GRAD_H_
+
+#include <cstdint>
+
+#include "core/conv_geometry.h"
+
+namespace tflm_train {
+namespace core {
+
+// dy is [1, Ho, Wo, C*M], w is [1, kh, kw, C*M], dx is [1, H, W, C]:
+// dx[ih, iw, i] = sum over (kh, kw) ascending, j in [0, M) of
+// (float)w[0, kh, kw, i*M + j] * (md[oh, ow, i*M + j] * w_scale[i*M + j]).
+void DepthwiseInputGrad(const ConvGeometry& geometry,
+                        const ActivationMask& mask, const float* dy,
+                        const int8_t* w, const float* w_scale, int in_channels,
+                        int depth_multiplier, float* dx);
+
+}  // namespace core
+}  // namespace tflm_train
+
+#endif  // TFLM_TRAIN_MICRO_CORE_DEPTHWISE_GRAD_H_

@@ -1,0 +1,57 @@
+// The QAS SGD update rule on quantized parameters (docs/training_ops.md,
+// "Parameter updates").
+#ifndef TFLM_TRAIN_MICRO_CORE_SGD_UPDATE_H_
+#define TFLM_TRAIN_MICRO_CORE_SGD_UPDATE_H_
+
+#include <cstdint>
+
+namespace tflm_train {
+namespace core {
+
+enum class Rounding : int8_t { kNearest = 0, kStochastic = 1 };
+
+// Counter-based integer hash (the "lowbias32" mixer).
+uint32_t Hash32(uint32_t x);
+
+// Rounds one gradient element to an integer parameter step.
+class UpdateRule {
+ public:
+  UpdateRule(float lr, Rounding rounding, int32_t param_id, int32_t step);
+
+  // floor((g * qas) * lr + 0.5) or floor(... + u(element)); NaN means
+  // "leave the element unchanged". `element` is the flat index within the
+  // parameter.
+  float RoundedStep(float g, float qas, int32_t element) const;
+
+ private:
+  float lr_;
+  Rounding rounding_;
+  uint32_t seed_;  // hash32(hash32(param_id) ^ step)
+};
+
+// new = clamp(old - clamp(r, -255, 255), -127, 127); NaN r: old.
+int8_t ApplyStep(int8_t old, float r);
+// new = clamp(old - clamp(r, -2^32, 2^32), INT32_MIN, INT32_MAX); NaN r: old.
+int32_t ApplyStep(int32_t old, float r);
+
+// Which output channel an element of a parameter belongs to: its index
+// along `channel_axis` of the parameter's shape.
+struct ChannelAxis {
+  int channels = 1;  // size of the channel axis
+  int inner = 1;     // product of the dims after it
+
+  int Of(int element) const { return (element / inner) % channels; }
+};
+
+// The conventional schedule's update: param[e] -= step(grad[e], qas[channel]).
+void SgdUpdate(const UpdateRule& rule, const ChannelAxis& axis,
+               const float* grad, const float* qas, int elements,
+               int8_t* param);
+void SgdUpdate(const UpdateRule& rule, const ChannelAxis& axis,
+               const float* grad, const float* qas, int elements,
+               int32_t* param);
+
+}  // namespace core
+}  // namespace tflm_train
+
+#endif  // TFLM_TRAIN_MICRO_CORE_SGD_UPDATE_H_

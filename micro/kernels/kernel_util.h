@@ -1,0 +1,113 @@
+// Validation helpers shared by the training kernels' Prepare and Eval. Every
+// check reports "<op>: <what is wrong>" through ctx.Report and returns false.
+#ifndef TFLM_TRAIN_MICRO_KERNELS_KERNEL_UTIL_H_
+#define TFLM_TRAIN_MICRO_KERNELS_KERNEL_UTIL_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernel_api.h"
+
+namespace tflm_train {
+namespace kernels {
+
+// A batch-1 activation as an image: [1, H, W, C], or [1, C] as a 1x1 image.
+struct Image {
+  int h = 1, w = 1, c = 0;
+  int Size() const { return h * w * c; }
+  bool operator==(const Image& o) const {
+    return h == o.h && w == o.w && c == o.c;
+  }
+  bool operator!=(const Image& o) const { return !(*this == o); }
+};
+
+// The four dims of a conv/FC weight; a rank-2 FC weight [O, I] is [O, 1, 1, I].
+struct Filter {
+  int out = 0, h = 1, w = 1, in = 0;
+  bool fully_connected = false;
+};
+
+// Allocates zero-initialised op data in the persistent arena.
+template <typename OpData>
+OpData* NewOpData(KernelContext& ctx, const char* op) {
+  void* raw = ctx.AllocatePersistent(sizeof(OpData));
+  if (raw == nullptr) {
+    ctx.Report("%s: out of persistent arena memory", op);
+    return nullptr;
+  }
+  OpData* data = static_cast<OpData*>(raw);
+  *data = OpData{};
+  return data;
+}
+
+class Checker {
+ public:
+  Checker(KernelContext& ctx, const char* op) : ctx_(ctx), op_(op) {}
+
+  bool Fail(const char* what);
+  bool CountsAre(int inputs, int outputs);
+  // A present input / output (reports if absent).
+  bool Required(int index, const char* name, TensorView* t);
+  bool RequiredOutput(int index, const char* name, TensorView* t);
+  // False if the optional input is absent (index -1 or beyond the inputs).
+  bool Optional(int index, TensorView* t);
+
+  bool Type(const TensorView& t, const char* name, DType type);
+  // `type` with exactly the dims [n] (rank 1).
+  bool Vector(const TensorView& t, const char* name, DType type, int n);
+  bool SameDims(const TensorView& a, const char* a_name, const TensorView& b,
+                const char* b_name);
+  // `type`, batch 1, rank 4 or 2; `flatten` (FC input): any batch-1 shape as
+  // a 1x1 image of all its elements.
+  bool AsImage(const TensorView& t, const char* name, DType type, bool flatten,
+               Image* image);
+  bool ImageIs(const Image& image, const char* name, const Image& expected);
+  // int8, rank 4 [O, kh, kw, I] or (FC) rank 2 [O, I].
+  bool AsFilter(const TensorView& t, const char* name, Filter* filter);
+  bool Int8Range(int32_t value, const char* name);
+  bool ActivationRange(int32_t act_min, int32_t act_max);
+  // The standard label / lr / state inputs.
+  bool Label(int index, TensorView* t);
+  bool TrainingStep(int lr_index, int state_index);
+  // An input whose data must be there (Eval, or constants at Prepare).
+  bool HasData(const TensorView& t, const char* name);
+
+ private:
+  KernelContext& ctx_;
+  const char* op_;
+};
+
+// Eval: the data pointers of a node's tensors. A required tensor without
+// data (absent, or not placed) is reported once and makes ok() false.
+class EvalTensors {
+ public:
+  EvalTensors(KernelContext& ctx, const char* op) : ctx_(ctx), op_(op) {}
+
+  // `required` false: null if the input is absent.
+  template <typename T>
+  T* In(int index, bool required = true) {
+    TensorView t;
+    const bool present = ctx_.Input(index, &t);
+    return static_cast<T*>(Check(present, t.data, required, "input", index));
+  }
+  template <typename T>
+  T* Out(int index) {
+    TensorView t;
+    const bool present = ctx_.Output(index, &t);
+    return static_cast<T*>(Check(present, t.data, true, "output", index));
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  void* Check(bool present, void* data, bool required, const char* kind,
+              int index);
+
+  KernelContext& ctx_;
+  const char* op_;
+  bool ok_ = true;
+};
+
+}  // namespace kernels
+}  // namespace tflm_train
+
+#endif  // TFLM_TRAIN_MICRO_KERNELS_KERNEL_UTIL_H_

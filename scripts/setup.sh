@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs everything tflm-train, its tests and its demo need, from this repo's own files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v g++ >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq g++ >/dev/null
+  else
+    echo "setup: g++ is required (apt-get install g++)" >&2; exit 1
+  fi
+fi
+python3 -m pip install -q -e ".[test]"

@@ -1,0 +1,159 @@
+"""CONV_2D / FULLY_CONNECTED training math (FC = 1×1 conv on a 1×1 image):
+TFLT_CONV_INPUT_GRAD, TFLT_CONV_WEIGHT_GRAD, TFLT_BIAS_GRAD, TFLT_CONV_GRAD_UPDATE
+(their depthwise variants dispatch to depthwise_conv.py) and TFLT_CONV_2D_SPLIT."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tflm_train.kernels_grad import depthwise_conv
+from tflm_train.kernels_grad.common import (F32, NEAREST, Window, activation_mask, as_image, effective_weight,
+                                            filter_shape)
+from tflm_train.kernels_grad.update import sgd_update
+
+_INT32_MIN, _INT32_MAX = -2 ** 31, 2 ** 31 - 1
+
+
+# ---------------------------------------------------------------- backward
+
+def conv_input_grad(dy, y, w, w_train, w_scale, *, stride_h=1, stride_w=1, dilation_h=1, dilation_w=1,
+                    pad_top=0, pad_left=0, input_height, input_width, input_channels,
+                    act_min=-128, act_max=127) -> np.ndarray:
+    """dx `[1, H, W, I]` from dy `[1, Ho, Wo, O]` (or FC `[1, O]`), w `[O, kh, kw, I]` / `[O, I]`."""
+    window = Window(stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left)
+    g = as_image(activation_mask(dy, y, act_min, act_max)) * np.asarray(w_scale, F32).reshape(-1)
+    weight = effective_weight(w, w_train).astype(F32)
+    dx = np.zeros((input_height, input_width, input_channels), F32)
+    for kh, kw, out_rows, out_cols, in_rows, in_cols in window.tap_views(
+            weight.shape[1:3], g.shape[:2], dx.shape[:2]):
+        acc = dx[in_rows, in_cols]                  # a view: updated in place
+        g_tap = np.moveaxis(g[out_rows, out_cols], -1, 0)[..., None]
+        w_tap = weight[:, kh, kw, :]
+        for o in range(weight.shape[0]):
+            acc += w_tap[o] * g_tap[o]
+    return dx[None]
+
+
+def bias_grad(dy, y, *, act_min=-128, act_max=127) -> np.ndarray:
+    """db `[O]`: sum over output positions p (row-major) of md[p, o]."""
+    md = activation_mask(dy, y, act_min, act_max)
+    md = md.reshape(-1, md.shape[-1])
+    acc = np.zeros(md.shape[1], F32)
+    for row in md:
+        acc += row
+    return acc
+
+
+def conv_weight_grad(dy, y, x, *, weight_shape, stride_h=1, stride_w=1, dilation_h=1, dilation_w=1,
+                     pad_top=0, pad_left=0, x_zero_point, x_scale, act_min=-128, act_max=127,
+                     depthwise=False, depth_multiplier=1) -> np.ndarray:
+    """dW with the trainable weight variable's shape `weight_shape`:
+    `[O, kh, kw, K]` / FC `[O, K]` (K <= I), or depthwise `[1, kh, kw, C*M]`."""
+    window = Window(stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left)
+    weight_shape = tuple(weight_shape)
+    md = as_image(activation_mask(dy, y, act_min, act_max))
+    if len(weight_shape) == 2:      # FULLY_CONNECTED flattens its input
+        x = np.reshape(x, (1, -1))
+    x_centered = (as_image(x).astype(np.int32) - np.int32(x_zero_point)).astype(F32)
+    if depthwise:
+        acc = depthwise_conv.depthwise_weight_grad(md, x_centered, window, weight_shape, depth_multiplier)
+    else:
+        acc = _conv_weight_sums(md, x_centered, window, filter_shape(weight_shape))
+    return (acc * F32(x_scale)).reshape(weight_shape)
+
+
+def _conv_weight_sums(md, x_centered, window: Window, shape: tuple) -> np.ndarray:
+    """Unscaled dW `[O, kh, kw, K]`: sum over p of md[p, o] * x[ih, iw, i]."""
+    x_trained = x_centered[:, :, :shape[-1]]
+    acc = np.zeros(shape, F32)
+    for oh, ow, tap_rows, tap_cols, in_rows, in_cols in window.receptive_fields(
+            shape[1:3], md.shape[:2], x_centered.shape[:2]):
+        acc[:, tap_rows, tap_cols] += md[oh, ow, :, None, None, None] * x_trained[in_rows, in_cols]
+    return acc
+
+
+def conv_grad_update(lr: float, step: int, dy, y, x, w_train, w_qas, b_train, b_qas, *, stride_h=1, stride_w=1,
+                     dilation_h=1, dilation_w=1, pad_top=0, pad_left=0, x_zero_point, x_scale,
+                     act_min=-128, act_max=127, depthwise=False, depth_multiplier=1,
+                     rounding=NEAREST, weight_param_id=0, bias_param_id=0) -> None:
+    """The fused (reordered) schedule: updates `w_train` / `b_train` (either may be None) in place.
+
+    Per element it is exactly TFLT_CONV_WEIGHT_GRAD / TFLT_BIAS_GRAD then TFLT_SGD_UPDATE:
+    the gradient sums and the hash inputs are the same; only the C++ memory schedule differs.
+    """
+    if b_train is not None:
+        gb = bias_grad(dy, y, act_min=act_min, act_max=act_max)[:b_train.size]
+        sgd_update(gb, b_train, b_qas, lr, step, rounding=rounding, param_id=bias_param_id, channel_axis=0)
+    if w_train is not None:
+        gw = conv_weight_grad(dy, y, x, weight_shape=w_train.shape, stride_h=stride_h, stride_w=stride_w,
+                              dilation_h=dilation_h, dilation_w=dilation_w, pad_top=pad_top, pad_left=pad_left,
+                              x_zero_point=x_zero_point, x_scale=x_scale, act_min=act_min, act_max=act_max,
+                              depthwise=depthwise, depth_multiplier=depth_multiplier)
+        sgd_update(gw, w_train, w_qas, lr, step, rounding=rounding, param_id=weight_param_id,
+                   channel_axis=weight_channel_axis(w_train.ndim, depthwise))
+
+
+def weight_channel_axis(rank: int, depthwise: bool) -> int:
+    """The output-channel axis of a weight: last for depthwise `[1, kh, kw, C*M]`, else first."""
+    return rank - 1 if depthwise else 0
+
+
+# ---------------------------------------------------------------- forward
+
+def conv2d_split(x, w, w_train, bias, multiplier, shift, *, output_height, output_width, stride_h=1, stride_w=1,
+                 dilation_h=1, dilation_w=1, pad_top=0, pad_left=0, x_zero_point, y_zero_point,
+                 act_min=-128, act_max=127) -> np.ndarray:
+    """int8 y `[1, Ho, Wo, O]` of a per-channel int8 conv/FC whose weight is split;
+    bit-identical to TFLM's reference kernels. w_train and bias may be None."""
+    window = Window(stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left)
+    if np.ndim(w) == 2:             # FULLY_CONNECTED flattens its input
+        x = np.reshape(x, (1, -1))
+    weight = effective_weight(w, w_train).astype(np.int64)
+    x_centered = as_image(x).astype(np.int64) - x_zero_point
+    acc = np.zeros((output_height, output_width, weight.shape[0]), np.int64)
+    for kh, kw, out_rows, out_cols, in_rows, in_cols in window.tap_views(
+            weight.shape[1:3], acc.shape[:2], x_centered.shape[:2]):
+        acc[out_rows, out_cols] += x_centered[in_rows, in_cols] @ weight[:, kh, kw, :].T
+    if bias is not None:
+        acc = _wrap_int32(acc) + np.asarray(bias, np.int64).reshape(-1)
+    scaled = multiply_by_quantized_multiplier(_wrap_int32(acc), np.asarray(multiplier, np.int64).reshape(-1),
+                                              np.asarray(shift, np.int64).reshape(-1))
+    return np.clip(scaled + y_zero_point, act_min, act_max).astype(np.int8)[None]
+
+
+def _wrap_int32(a: np.ndarray) -> np.ndarray:
+    """int32 two's-complement wrap-around (the C++ accumulator), kept in int64."""
+    return a.astype(np.int32).astype(np.int64)
+
+
+def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
+    """TFLM's double-rounding fixed-point rescale of int32 `x` (int64 arrays in and out)."""
+    x, multiplier, shift = (np.asarray(a, np.int64) for a in (x, multiplier, shift))
+    left = np.maximum(shift, 0)
+    right = np.maximum(-shift, 0)
+    a = _wrap_int32(x << left)
+    # SaturatingRoundingDoublingHighMul; the C++ division truncates toward zero.
+    product = a * multiplier
+    nudged = product + np.where(product >= 0, 1 << 30, 1 - (1 << 30))
+    high = np.where(nudged >= 0, nudged >> 31, -((-nudged) >> 31))
+    high = np.where((a == _INT32_MIN) & (multiplier == _INT32_MIN), _INT32_MAX, high)
+    # RoundingDivideByPOT
+    mask = (np.int64(1) << right) - 1
+    remainder = high & mask
+    threshold = (mask >> 1) + (high < 0)
+    return (high >> right) + (remainder > threshold)
+
+
+def quantize_multiplier(real_multiplier: float) -> tuple:
+    """(multiplier, shift) of a positive real rescale, as TFLM's QuantizeMultiplier."""
+    if real_multiplier == 0.0:
+        return 0, 0
+    q, shift = math.frexp(real_multiplier)
+    q_fixed = int(math.copysign(math.floor(abs(q) * (1 << 31) + 0.5), q))   # std::round
+    if q_fixed == 1 << 31:
+        q_fixed //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    return q_fixed, shift
