@@ -5,10 +5,12 @@
 
 #include <cstdint>
 
+#include "core/training_ops_generated.h"
+
 namespace tflm_train {
 namespace core {
 
-enum class Rounding : int8_t { kNearest = 0, kStochastic = 1 };
+using Rounding = schema::Rounding;  // kNearest, kStochastic
 
 // Counter-based integer hash (the "lowbias32" mixer).
 uint32_t Hash32(uint32_t x);

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/conv_geometry.h"
 #include "kernel_api.h"
 
 namespace tflm_train {
@@ -27,6 +28,8 @@ struct Filter {
   bool fully_connected = false;
 };
 
+inline Status ToStatus(bool ok) { return ok ? Status::kOk : Status::kError; }
+
 // Allocates zero-initialised op data in the persistent arena.
 template <typename OpData>
 OpData* NewOpData(KernelContext& ctx, const char* op) {
@@ -40,12 +43,50 @@ OpData* NewOpData(KernelContext& ctx, const char* op) {
   return data;
 }
 
+// The spatial geometry of a conv-shaped op from its options (every options
+// table with strides, dilations and pads names them alike).
+template <typename Options>
+core::ConvGeometry GeometryOf(const Options& options, const Image& input,
+                              const Image& output, const Filter& filter) {
+  core::ConvGeometry g;
+  g.in_h = input.h;
+  g.in_w = input.w;
+  g.out_h = output.h;
+  g.out_w = output.w;
+  g.kernel_h = filter.h;
+  g.kernel_w = filter.w;
+  g.stride_h = options.stride_h;
+  g.stride_w = options.stride_w;
+  g.dilation_h = options.dilation_h;
+  g.dilation_w = options.dilation_w;
+  g.pad_top = options.pad_top;
+  g.pad_left = options.pad_left;
+  return g;
+}
+
+// Init for an op whose data has an `options` member read by `read` (one of
+// the generated schema::Read<Table> functions).
+template <typename OpData, typename Options>
+void* InitWithOptions(KernelContext& ctx, const char* op,
+                      bool (*read)(const uint8_t*, size_t, Options*),
+                      const uint8_t* buffer, size_t size) {
+  OpData* data = NewOpData<OpData>(ctx, op);
+  if (data == nullptr) return nullptr;
+  if (!read(buffer, size, &data->options)) {
+    ctx.Report("%s: malformed custom options", op);
+    return nullptr;
+  }
+  return data;
+}
+
 class Checker {
  public:
   Checker(KernelContext& ctx, const char* op) : ctx_(ctx), op_(op) {}
 
   bool Fail(const char* what);
-  bool CountsAre(int inputs, int outputs);
+  // Trailing optional inputs may be omitted: min_inputs counts up to the
+  // last required one.
+  bool Counts(int min_inputs, int max_inputs, int outputs);
   // A present input / output (reports if absent).
   bool Required(int index, const char* name, TensorView* t);
   bool RequiredOutput(int index, const char* name, TensorView* t);
@@ -62,10 +103,19 @@ class Checker {
   bool AsImage(const TensorView& t, const char* name, DType type, bool flatten,
                Image* image);
   bool ImageIs(const Image& image, const char* name, const Image& expected);
-  // int8, rank 4 [O, kh, kw, I] or (FC) rank 2 [O, I].
-  bool AsFilter(const TensorView& t, const char* name, Filter* filter);
+  // `type`, rank 4 [O, kh, kw, I] or (FC) rank 2 [O, I], no empty dim.
+  bool AsFilter(const TensorView& t, const char* name, DType type,
+                Filter* filter);
+  // A split weight's trainable part: `filter`'s shape with a last dim <= its.
+  bool TrainSlice(const TensorView& t, const char* name, const Filter& filter,
+                  Filter* slice);
   bool Int8Range(int32_t value, const char* name);
   bool ActivationRange(int32_t act_min, int32_t act_max);
+  // An incoming gradient dy (float32 image) and the optional forward output
+  // y (int8, the same image) whose activation range masks it.
+  bool Gradient(int dy_index, int y_index, int32_t act_min, int32_t act_max,
+                Image* dy_image, bool* has_y);
+  bool Geometry(const core::ConvGeometry& geometry);
   // The standard label / lr / state inputs.
   bool Label(int index, TensorView* t);
   bool TrainingStep(int lr_index, int state_index);

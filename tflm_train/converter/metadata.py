@@ -14,7 +14,8 @@ ROLE_CODES = {"forward": OpRole.FORWARD, "init": OpRole.INIT, "loss": OpRole.LOS
 ROLE_NAMES = {code: name for name, code in ROLE_CODES.items()}
 
 
-def attach(graph: ir.Graph, io, image_inputs: list, logits: ir.Tensor, params: dict, scheme, options) -> None:
+def attach(graph: ir.Graph, io, image_inputs: list, logits: ir.Tensor, params: dict, scheme_json: str,
+           options) -> None:
     index = {id(t): i for i, t in enumerate(graph.referenced_tensors())}
     layer_op = {id(op.outputs[0]): i for i, op in enumerate(graph.ops) if op.outputs}
     trainables = []
@@ -30,7 +31,7 @@ def attach(graph: ir.Graph, io, image_inputs: list, logits: ir.Tensor, params: d
                           loss_output=index[id(io.loss)], logits=index[id(logits)], state=index[id(io.state)],
                           trainables=trainables, op_roles=[int(ROLE_CODES[op.role]) for op in graph.ops],
                           rounding=Rounding.STOCHASTIC if options.rounding == "stochastic" else Rounding.NEAREST,
-                          qas=options.qas, reordered=options.reorder, scheme_json=scheme.to_json(graph))
+                          qas=options.qas, reordered=options.reorder, scheme_json=scheme_json)
     graph.metadata[NAME] = md.to_bytes()
 
 

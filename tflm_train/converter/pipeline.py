@@ -35,6 +35,7 @@ def convert(graph: ir.Graph, scheme_source: dict, options: ConvertOptions = Conv
     logits = _find_logits(graph)
     classifier = _find_classifier(graph, logits)
     scheme = schemes.resolve(scheme_source, graph, classifier)
+    scheme_json = scheme.to_json(graph)
 
     io = TrainingIO(label=graph.add_tensor(ir.Tensor("tflm_train/label", (1,), np.int32)),
                     learning_rate=graph.add_tensor(ir.Tensor("tflm_train/learning_rate", (1,), np.float32)),
@@ -65,7 +66,7 @@ def convert(graph: ir.Graph, scheme_source: dict, options: ConvertOptions = Conv
     image_inputs = list(graph.inputs)
     graph.inputs = image_inputs + [io.label, io.learning_rate]
     graph.outputs = list(graph.outputs) + [io.loss]
-    metadata.attach(graph, io, image_inputs, logits, params, scheme, options)
+    metadata.attach(graph, io, image_inputs, logits, params, scheme_json, options)
     return graph
 
 

@@ -7,15 +7,13 @@ elements; reductions are explicit Python loops in the contract's order.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
-F32 = np.float32
+from tflm_train.errors import UserError
+from tflm_train.schema.training_ops_generated import Rounding
 
-# Rounding modes, as in the schema's `Rounding` enum.
-NEAREST = 0
-STOCHASTIC = 1
+F32 = np.float32
 
 # exp_ref constants, exactly the float32 literals of the contract.
 _LOG2E = F32(1.44269504)
@@ -38,23 +36,6 @@ def activation_mask(dy: np.ndarray, y, act_min: int, act_max: int) -> np.ndarray
         return dy
     y = np.asarray(y).reshape(dy.shape).astype(np.int32)
     return np.where((y > act_min) & (y < act_max), dy, F32(0.0))
-
-
-def activation_range(activation: str, scale: float, zero_point: int) -> tuple:
-    """(act_min, act_max) of an int8 output, as TFLM's CalculateActivationRangeQuantized."""
-    def quantize(f):
-        q = F32(f) / F32(scale)
-        return int(zero_point) + int(math.copysign(math.floor(abs(float(q)) + 0.5), q))  # roundf
-    lo, hi = -128, 127
-    if activation == "NONE":
-        return lo, hi
-    if activation == "RELU":
-        return max(lo, quantize(0.0)), hi
-    if activation == "RELU6":
-        return max(lo, quantize(0.0)), min(hi, quantize(6.0))
-    if activation == "RELU_N1_TO_1":
-        return max(lo, quantize(-1.0)), min(hi, quantize(1.0))
-    raise ValueError(f"no int8 activation range for fused activation {activation}")
 
 
 def exp_ref(x) -> np.ndarray:
@@ -103,9 +84,9 @@ def rounded_step(g, qas, lr, *, rounding: int, param_id: int, step: int, index) 
     `g`, `qas` (per element) and `index` (flat element index in the parameter) share a shape.
     """
     s = (np.asarray(g, F32) * np.asarray(qas, F32)) * F32(lr)
-    if rounding == NEAREST:
+    if rounding == Rounding.NEAREST:
         return np.floor(s + F32(0.5))
-    if rounding == STOCHASTIC:
+    if rounding == Rounding.STOCHASTIC:
         return np.floor(s + stochastic_u(param_id, step, index))
     raise ValueError(f"unknown rounding mode {rounding}")
 
@@ -214,3 +195,38 @@ def effective_weight(w: np.ndarray, w_train) -> np.ndarray:
         train = as_filter(w_train)
         full[..., :train.shape[-1]] = train
     return full
+
+
+# ---------------------------------------------------------------- reference-executor plumbing
+
+WINDOW_FIELDS = ("stride_h", "stride_w", "dilation_h", "dilation_w", "pad_top", "pad_left")
+
+
+def decode_options(options_class, op) -> dict:
+    """The op's custom options as {field name: value} (schema defaults for empty bytes)."""
+    try:
+        options = options_class.from_bytes(op.custom_options or b"")
+    except ValueError as exc:
+        raise UserError(f"{op.kind}: bad custom options: {exc}") from None
+    return {field.name: getattr(options, field.name) for field in options.FIELDS}
+
+
+def pick(options: dict, *names) -> dict:
+    return {name: options[name] for name in names}
+
+
+def op_inputs(op, args, count: int) -> list:
+    """The op's input values padded to `count` (trailing optional inputs may be omitted)."""
+    if len(args) > count:
+        raise UserError(f"{op.kind} takes at most {count} inputs, got {len(args)}")
+    return list(args) + [None] * (count - len(args))
+
+
+def training_label(label) -> int:
+    """label[0]; negative means inference mode (backward/update ops do nothing)."""
+    return int(np.asarray(label).reshape(-1)[0])
+
+
+def unspecified_outputs(op) -> list:
+    """Outputs of a backward op in inference mode: contents unspecified, zeros here."""
+    return [np.zeros(t.shape, t.dtype) for t in op.outputs]

@@ -3,16 +3,16 @@ TFLT_CONV_INPUT_GRAD, TFLT_CONV_WEIGHT_GRAD, TFLT_BIAS_GRAD, TFLT_CONV_GRAD_UPDA
 (their depthwise variants dispatch to depthwise_conv.py) and TFLT_CONV_2D_SPLIT."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from tflm_train.kernels_grad import depthwise_conv
-from tflm_train.kernels_grad.common import (F32, NEAREST, Window, activation_mask, as_image, effective_weight,
-                                            filter_shape)
+from tflm_train.kernels_grad.common import (F32, WINDOW_FIELDS, Window, activation_mask, as_image,
+                                            decode_options, effective_weight, filter_shape, op_inputs, pick,
+                                            training_label, unspecified_outputs)
 from tflm_train.kernels_grad.update import sgd_update
-
-_INT32_MIN, _INT32_MAX = -2 ** 31, 2 ** 31 - 1
+from tflm_train.reference.quantization import multiply_by_quantized_multiplier
+from tflm_train.reference.registry import kernel
+from tflm_train.schema.training_ops_generated import ConvGradOptions, ConvUpdateOptions, Rounding, SplitConvOptions
 
 
 # ---------------------------------------------------------------- backward
@@ -76,7 +76,7 @@ def _conv_weight_sums(md, x_centered, window: Window, shape: tuple) -> np.ndarra
 def conv_grad_update(lr: float, step: int, dy, y, x, w_train, w_qas, b_train, b_qas, *, stride_h=1, stride_w=1,
                      dilation_h=1, dilation_w=1, pad_top=0, pad_left=0, x_zero_point, x_scale,
                      act_min=-128, act_max=127, depthwise=False, depth_multiplier=1,
-                     rounding=NEAREST, weight_param_id=0, bias_param_id=0) -> None:
+                     rounding=Rounding.NEAREST, weight_param_id=0, bias_param_id=0) -> None:
     """The fused (reordered) schedule: updates `w_train` / `b_train` (either may be None) in place.
 
     Per element it is exactly TFLT_CONV_WEIGHT_GRAD / TFLT_BIAS_GRAD then TFLT_SGD_UPDATE:
@@ -116,44 +116,65 @@ def conv2d_split(x, w, w_train, bias, multiplier, shift, *, output_height, outpu
             weight.shape[1:3], acc.shape[:2], x_centered.shape[:2]):
         acc[out_rows, out_cols] += x_centered[in_rows, in_cols] @ weight[:, kh, kw, :].T
     if bias is not None:
-        acc = _wrap_int32(acc) + np.asarray(bias, np.int64).reshape(-1)
-    scaled = multiply_by_quantized_multiplier(_wrap_int32(acc), np.asarray(multiplier, np.int64).reshape(-1),
+        acc = acc + np.asarray(bias, np.int64).reshape(-1)   # wraps like int32 in the rescale
+    scaled = multiply_by_quantized_multiplier(acc, np.asarray(multiplier, np.int64).reshape(-1),
                                               np.asarray(shift, np.int64).reshape(-1))
     return np.clip(scaled + y_zero_point, act_min, act_max).astype(np.int8)[None]
 
 
-def _wrap_int32(a: np.ndarray) -> np.ndarray:
-    """int32 two's-complement wrap-around (the C++ accumulator), kept in int64."""
-    return a.astype(np.int32).astype(np.int64)
+# ---------------------------------------------------------------- reference-executor kernels
+
+_WEIGHT_GRAD_FIELDS = WINDOW_FIELDS + ("x_zero_point", "x_scale", "act_min", "act_max", "depthwise",
+                                       "depth_multiplier")
 
 
-def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
-    """TFLM's double-rounding fixed-point rescale of int32 `x` (int64 arrays in and out)."""
-    x, multiplier, shift = (np.asarray(a, np.int64) for a in (x, multiplier, shift))
-    left = np.maximum(shift, 0)
-    right = np.maximum(-shift, 0)
-    a = _wrap_int32(x << left)
-    # SaturatingRoundingDoublingHighMul; the C++ division truncates toward zero.
-    product = a * multiplier
-    nudged = product + np.where(product >= 0, 1 << 30, 1 - (1 << 30))
-    high = np.where(nudged >= 0, nudged >> 31, -((-nudged) >> 31))
-    high = np.where((a == _INT32_MIN) & (multiplier == _INT32_MIN), _INT32_MAX, high)
-    # RoundingDivideByPOT
-    mask = (np.int64(1) << right) - 1
-    remainder = high & mask
-    threshold = (mask >> 1) + (high < 0)
-    return (high >> right) + (remainder > threshold)
+@kernel("TFLT_CONV_INPUT_GRAD")
+def conv_input_grad_kernel(op, args):
+    label, dy, y, w, w_train, w_scale = op_inputs(op, args, 6)
+    if training_label(label) < 0:
+        return unspecified_outputs(op)
+    options = decode_options(ConvGradOptions, op)
+    dx = conv_input_grad(dy, y, w, w_train, w_scale, **pick(
+        options, *WINDOW_FIELDS, "input_height", "input_width", "input_channels", "act_min", "act_max"))
+    return [dx.reshape(op.outputs[0].shape)]
 
 
-def quantize_multiplier(real_multiplier: float) -> tuple:
-    """(multiplier, shift) of a positive real rescale, as TFLM's QuantizeMultiplier."""
-    if real_multiplier == 0.0:
-        return 0, 0
-    q, shift = math.frexp(real_multiplier)
-    q_fixed = int(math.copysign(math.floor(abs(q) * (1 << 31) + 0.5), q))   # std::round
-    if q_fixed == 1 << 31:
-        q_fixed //= 2
-        shift += 1
-    if shift < -31:
-        return 0, 0
-    return q_fixed, shift
+@kernel("TFLT_CONV_WEIGHT_GRAD")
+def conv_weight_grad_kernel(op, args):
+    label, dy, y, x = op_inputs(op, args, 4)
+    if training_label(label) < 0:
+        return unspecified_outputs(op)
+    options = decode_options(ConvUpdateOptions, op)
+    return [conv_weight_grad(dy, y, x, weight_shape=op.outputs[0].shape, **pick(options, *_WEIGHT_GRAD_FIELDS))]
+
+
+@kernel("TFLT_BIAS_GRAD")
+def bias_grad_kernel(op, args):
+    label, dy, y = op_inputs(op, args, 3)
+    if training_label(label) < 0:
+        return unspecified_outputs(op)
+    options = decode_options(ConvUpdateOptions, op)
+    db = bias_grad(dy, y, **pick(options, "act_min", "act_max"))
+    return [db[:op.outputs[0].size].reshape(op.outputs[0].shape)]
+
+
+@kernel("TFLT_CONV_GRAD_UPDATE")
+def conv_grad_update_kernel(op, args):
+    label, lr, state, dy, y, x, w_train, w_qas, b_train, b_qas = op_inputs(op, args, 10)
+    if training_label(label) < 0:
+        return []
+    options = decode_options(ConvUpdateOptions, op)
+    conv_grad_update(np.asarray(lr).reshape(-1)[0], int(state[1]), dy, y, x, w_train, w_qas, b_train, b_qas,
+                     **pick(options, *_WEIGHT_GRAD_FIELDS, "rounding", "weight_param_id", "bias_param_id"))
+    return []
+
+
+@kernel("TFLT_CONV_2D_SPLIT")
+def conv2d_split_kernel(op, args):
+    x, w, w_train, bias, multiplier, shift = op_inputs(op, args, 6)
+    options = decode_options(SplitConvOptions, op)
+    out_shape = op.outputs[0].shape
+    out_h, out_w = out_shape[1:3] if len(out_shape) == 4 else (1, 1)
+    y = conv2d_split(x, w, w_train, bias, multiplier, shift, output_height=out_h, output_width=out_w, **pick(
+        options, *WINDOW_FIELDS, "x_zero_point", "y_zero_point", "act_min", "act_max"))
+    return [y.reshape(out_shape)]

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tflm_train.kernels_grad.common import F32, Window, activation_mask, as_image
+from tflm_train.kernels_grad.common import (F32, WINDOW_FIELDS, Window, activation_mask, as_image, decode_options,
+                                            op_inputs, pick, training_label, unspecified_outputs)
+from tflm_train.reference.registry import kernel
+from tflm_train.schema.training_ops_generated import ConvGradOptions
 
 
 def depthwise_input_grad(dy, y, w, w_scale, *, stride_h=1, stride_w=1, dilation_h=1, dilation_w=1,
@@ -39,3 +42,15 @@ def depthwise_weight_grad(md: np.ndarray, x_centered: np.ndarray, window: Window
             weight_shape[1:3], md.shape[:2], x_centered.shape[:2]):
         acc[tap_rows, tap_cols] += md[oh, ow] * x_of_output[in_rows, in_cols]
     return acc[None]
+
+
+@kernel("TFLT_DEPTHWISE_INPUT_GRAD")
+def depthwise_input_grad_kernel(op, args):
+    label, dy, y, w, w_scale = op_inputs(op, args, 5)
+    if training_label(label) < 0:
+        return unspecified_outputs(op)
+    options = decode_options(ConvGradOptions, op)
+    dx = depthwise_input_grad(dy, y, w, w_scale, **pick(
+        options, *WINDOW_FIELDS, "input_height", "input_width", "input_channels", "depth_multiplier",
+        "act_min", "act_max"))
+    return [dx.reshape(op.outputs[0].shape)]

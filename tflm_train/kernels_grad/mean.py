@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tflm_train.kernels_grad.common import F32
+from tflm_train.kernels_grad.common import F32, decode_options, op_inputs, training_label, unspecified_outputs
+from tflm_train.reference.registry import kernel
+from tflm_train.schema.training_ops_generated import MeanGradOptions
 
 
 def mean_grad(dy, *, input_height, input_width) -> np.ndarray:
@@ -14,3 +16,12 @@ def mean_grad(dy, *, input_height, input_width) -> np.ndarray:
     dx = np.empty((1, input_height, input_width, dy.size), F32)
     dx[...] = dy * inverse_count
     return dx
+
+
+@kernel("TFLT_MEAN_GRAD")
+def mean_grad_kernel(op, args):
+    label, dy = op_inputs(op, args, 2)
+    if training_label(label) < 0:
+        return unspecified_outputs(op)
+    dx = mean_grad(dy, **decode_options(MeanGradOptions, op))
+    return [dx.reshape(op.outputs[0].shape)]

@@ -4,7 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from tflm_train.errors import UserError
-from tflm_train.kernels_grad.common import F32, exp_ref
+from tflm_train.kernels_grad.common import (F32, decode_options, exp_ref, op_inputs, training_label,
+                                            unspecified_outputs)
+from tflm_train.reference.registry import kernel
+from tflm_train.schema.training_ops_generated import SoftmaxXentOptions
 
 
 def softmax_xent(logits, label: int, *, logits_scale, logits_zero_point) -> tuple:
@@ -24,3 +27,13 @@ def softmax_xent(logits, label: int, *, logits_scale, logits_zero_point) -> tupl
     dlogits[label] = p[label] - F32(1.0)
     loss = np.log(total) - (z[label] - z_max)
     return F32(loss), dlogits.reshape(q.shape)
+
+
+@kernel("TFLT_SOFTMAX_XENT")
+def softmax_xent_kernel(op, args):
+    logits, label = op_inputs(op, args, 2)
+    label = training_label(label)
+    if label < 0:
+        return unspecified_outputs(op)   # loss 0; dlogits unspecified
+    loss, dlogits = softmax_xent(logits, label, **decode_options(SoftmaxXentOptions, op))
+    return [np.full(op.outputs[0].shape, loss, F32), dlogits.reshape(op.outputs[1].shape)]

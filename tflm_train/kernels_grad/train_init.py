@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tflm_train.errors import UserError
+from tflm_train.kernels_grad.common import training_label
+from tflm_train.reference.registry import kernel
+
 
 def train_init(label: int, state: np.ndarray, pairs) -> None:
     """In place. state: int32 `[initialized, step]`; pairs: (src constant, dst variable),
@@ -13,3 +17,12 @@ def train_init(label: int, state: np.ndarray, pairs) -> None:
         state[0] = 1
     if label >= 0:
         state[1:2] += np.int32(1)   # int32 array arithmetic wraps at 2^31
+
+
+@kernel("TFLT_TRAIN_INIT")
+def train_init_kernel(op, args):
+    if len(args) < 2 or len(args) % 2:
+        raise UserError(f"TFLT_TRAIN_INIT takes label, state and (src, dst) pairs, got {len(args)} inputs")
+    label, state, *pairs = args
+    train_init(training_label(label), state, list(zip(pairs[0::2], pairs[1::2])))
+    return []

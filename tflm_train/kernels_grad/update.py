@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from tflm_train.kernels_grad.common import F32, NEAREST, rounded_step
+from tflm_train.kernels_grad.common import F32, decode_options, op_inputs, rounded_step, training_label
+from tflm_train.reference.quantization import INT32_MAX, INT32_MIN
+from tflm_train.reference.registry import kernel
+from tflm_train.schema.training_ops_generated import Rounding, SgdUpdateOptions
 
 _INT8_STEP_LIMIT = F32(255.0)
 _INT32_STEP_LIMIT = F32(4294967296.0)
-_INT32_MIN, _INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
 
 def sgd_update(grad, param: np.ndarray, qas, lr: float, step: int, *,
-               rounding: int = NEAREST, param_id: int = 0, channel_axis: int = 0) -> None:
+               rounding: int = Rounding.NEAREST, param_id: int = 0, channel_axis: int = 0) -> None:
     """Updates `param` (int8 weight or int32 bias variable) in place.
 
     grad: float32, `param`'s element count; qas: float32 per output channel (at least
@@ -34,5 +36,15 @@ def sgd_update(grad, param: np.ndarray, qas, lr: float, step: int, *,
         new = np.clip(param.astype(np.int32) - r, -127, 127)
     else:
         r = np.clip(r, -_INT32_STEP_LIMIT, _INT32_STEP_LIMIT).astype(np.int64)
-        new = np.clip(param.astype(np.int64) - r, _INT32_MIN, _INT32_MAX)
+        new = np.clip(param.astype(np.int64) - r, INT32_MIN, INT32_MAX)
     param[...] = np.where(unchanged, param, new)
+
+
+@kernel("TFLT_SGD_UPDATE")
+def sgd_update_kernel(op, args):
+    label, lr, state, grad, param, qas = op_inputs(op, args, 6)
+    if training_label(label) < 0:
+        return []
+    sgd_update(grad, param, qas, np.asarray(lr).reshape(-1)[0], int(state[1]),
+               **decode_options(SgdUpdateOptions, op))
+    return []

@@ -154,7 +154,7 @@ def _read(cls: type, reader: _Reader, position: int):
         start = reader.offset(at)
         count = reader.load("I", start, field.name)
         if field.kind == "string":
-            reader.need(start + 4, count, field.name)
+            reader.need(start + 4, count + 1, field.name)  # + the terminating NUL
             try:
                 values[field.name] = reader.data[start + 4:start + 4 + count].decode("utf-8")
             except UnicodeDecodeError:

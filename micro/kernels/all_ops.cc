@@ -1,0 +1,27 @@
+// The table of every custom op the adapter registers (TrainingOps()). To add
+// an op, append its KernelOps accessor (declared in kernels/ops.h).
+#include "kernel_api.h"
+#include "kernels/abi_canary.h"
+#include "kernels/ops.h"
+
+namespace tflm_train {
+
+const KernelOps* TrainingOps(int* count) {
+  static const KernelOps kOps[] = {
+      AbiCanaryOp(),
+      TrainInitOp(),
+      SoftmaxXentOp(),
+      ConvInputGradOp(),
+      DepthwiseInputGradOp(),
+      MeanGradOp(),
+      ConvGradUpdateOp(),
+      ConvWeightGradOp(),
+      BiasGradOp(),
+      SgdUpdateOp(),
+      Conv2DSplitOp(),
+  };
+  *count = static_cast<int>(sizeof(kOps) / sizeof(kOps[0]));
+  return kOps;
+}
+
+}  // namespace tflm_train

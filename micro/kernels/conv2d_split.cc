@@ -1,0 +1,118 @@
+// TFLT_CONV_2D_SPLIT: int8 per-channel CONV_2D / FULLY_CONNECTED whose weight
+// is split into a frozen constant and a trainable variable.
+#include "core/split_conv.h"
+#include "core/training_ops_generated.h"
+#include "kernels/kernel_util.h"
+#include "kernels/ops.h"
+
+namespace tflm_train {
+namespace {
+
+constexpr char kName[] = "TFLT_CONV_2D_SPLIT";
+enum Input { kX, kW, kWTrain, kBias, kMultiplier, kShift, kNumInputs };
+
+struct OpData {
+  schema::SplitConvOptions options;
+  core::SplitConvParams params;
+  core::SplitWeight weight;  // shape only; the pointers are set at Eval
+  bool has_bias;
+};
+
+void* Init(KernelContext& ctx, const uint8_t* buffer, size_t size) {
+  return kernels::InitWithOptions<OpData>(ctx, kName,
+                                          schema::ReadSplitConvOptions, buffer,
+                                          size);
+}
+
+// multiplier and shift are the converter's constants; the requantisation is
+// only defined for multiplier >= 0 and shift in [-31, 30].
+bool ValidateRequantization(kernels::Checker& check, int out_channels) {
+  TensorView multiplier, shift;
+  if (!check.Required(kMultiplier, "multiplier", &multiplier) ||
+      !check.Vector(multiplier, "multiplier", DType::kInt32, out_channels) ||
+      !check.HasData(multiplier, "multiplier") ||
+      !check.Required(kShift, "shift", &shift) ||
+      !check.Vector(shift, "shift", DType::kInt32, out_channels) ||
+      !check.HasData(shift, "shift")) {
+    return false;
+  }
+  for (int o = 0; o < out_channels; ++o) {
+    const int32_t m = multiplier.As<const int32_t>()[o];
+    const int32_t s = shift.As<const int32_t>()[o];
+    if (m < 0 || s < -31 || s > 30) {
+      return check.Fail("multiplier must be >= 0 and shift in [-31, 30]");
+    }
+  }
+  return true;
+}
+
+bool Validate(KernelContext& ctx, OpData& data) {
+  const schema::SplitConvOptions& opt = data.options;
+  kernels::Checker check(ctx, kName);
+  TensorView x, w, w_train, bias, y;
+  kernels::Filter filter, train_filter;
+  kernels::Image x_image, y_image;
+  if (!check.Counts(kNumInputs, kNumInputs, 1) ||
+      !check.Required(kW, "w", &w) ||
+      !check.AsFilter(w, "w", DType::kInt8, &filter) ||
+      !check.Required(kX, "x", &x) ||
+      !check.AsImage(x, "x", DType::kInt8, filter.fully_connected, &x_image) ||
+      !check.RequiredOutput(0, "y", &y) ||
+      !check.AsImage(y, "y", DType::kInt8, false, &y_image) ||
+      !check.ImageIs(x_image, "x", kernels::Image{x_image.h, x_image.w, filter.in}) ||
+      !check.ImageIs(y_image, "y", kernels::Image{y_image.h, y_image.w, filter.out}) ||
+      !check.Int8Range(opt.x_zero_point, "x_zero_point") ||
+      !check.Int8Range(opt.y_zero_point, "y_zero_point") ||
+      !check.ActivationRange(opt.act_min, opt.act_max) ||
+      !ValidateRequantization(check, filter.out)) {
+    return false;
+  }
+  data.weight = core::SplitWeight{nullptr, nullptr, filter.out, filter.h,
+                                  filter.w, filter.in, 0};
+  if (check.Optional(kWTrain, &w_train)) {
+    if (!check.TrainSlice(w_train, "w_train", filter, &train_filter)) {
+      return false;
+    }
+    data.weight.train_channels = train_filter.in;
+  }
+  data.has_bias = check.Optional(kBias, &bias);
+  if (data.has_bias && !check.Vector(bias, "bias", DType::kInt32, filter.out)) {
+    return false;
+  }
+  core::SplitConvParams& params = data.params;
+  params.geometry = kernels::GeometryOf(opt, x_image, y_image, filter);
+  params.x_zero_point = opt.x_zero_point;
+  params.y_zero_point = opt.y_zero_point;
+  params.act_min = opt.act_min;
+  params.act_max = opt.act_max;
+  return check.Geometry(params.geometry);
+}
+
+Status Prepare(KernelContext& ctx, void* op_data) {
+  return kernels::ToStatus(Validate(ctx, *static_cast<OpData*>(op_data)));
+}
+
+Status Eval(KernelContext& ctx, void* op_data) {
+  const OpData& data = *static_cast<const OpData*>(op_data);
+  kernels::EvalTensors tensors(ctx, kName);
+  const int8_t* x = tensors.In<const int8_t>(kX);
+  core::SplitWeight weight = data.weight;
+  weight.full = tensors.In<const int8_t>(kW);
+  weight.train = tensors.In<const int8_t>(kWTrain, weight.train_channels > 0);
+  const int32_t* bias = tensors.In<const int32_t>(kBias, data.has_bias);
+  const int32_t* multiplier = tensors.In<const int32_t>(kMultiplier);
+  const int32_t* shift = tensors.In<const int32_t>(kShift);
+  int8_t* y = tensors.Out<int8_t>(0);
+  if (!tensors.ok()) return Status::kError;
+  core::SplitConv(data.params, x, weight, bias, multiplier, shift, y);
+  return Status::kOk;
+}
+
+}  // namespace
+
+const KernelOps& Conv2DSplitOp() {
+  static constexpr KernelOps ops{kName, Init, Prepare, Eval};
+  return ops;
+}
+
+}  // namespace tflm_train

@@ -1,0 +1,118 @@
+// TFLT_CONV_GRAD_UPDATE: the fused (reordered) gradient + QAS SGD update of a
+// conv / FC / depthwise layer's trainable weight and bias.
+#include "core/conv_update.h"
+#include "core/training_ops_generated.h"
+#include "kernels/kernel_util.h"
+#include "kernels/ops.h"
+#include "kernels/weight_grad_shape.h"
+
+namespace tflm_train {
+namespace {
+
+constexpr char kName[] = "TFLT_CONV_GRAD_UPDATE";
+enum Input {
+  kLabel, kLr, kState, kDy, kY, kX, kWTrain, kWQas, kBTrain, kBQas,
+  kNumInputs
+};
+
+struct OpData {
+  schema::ConvUpdateOptions options;
+  core::WeightGradSpec spec;
+  int bias_channels;  // 0: no bias update
+  bool has_y, has_weight;
+};
+
+void* Init(KernelContext& ctx, const uint8_t* buffer, size_t size) {
+  return kernels::InitWithOptions<OpData>(ctx, kName,
+                                          schema::ReadConvUpdateOptions,
+                                          buffer, size);
+}
+
+// A trainable's optional (variable, qas) pair: both or neither.
+bool OptionalPair(kernels::Checker& check, int var_index, int qas_index,
+                  const char* qas_name, int out_channels, TensorView* var,
+                  bool* present) {
+  TensorView qas;
+  *present = check.Optional(var_index, var);
+  if (check.Optional(qas_index, &qas) != *present) {
+    return check.Fail("a trainable variable and its qas go together");
+  }
+  return !*present ||
+         check.Vector(qas, qas_name, DType::kFloat32, out_channels);
+}
+
+bool Validate(KernelContext& ctx, OpData& data) {
+  const schema::ConvUpdateOptions& opt = data.options;
+  kernels::Checker check(ctx, kName);
+  TensorView label, x, w_train, b_train;
+  kernels::Image dy;
+  bool has_bias;
+  if (!check.Counts(kX + 1, kNumInputs, 0) || !check.Label(kLabel, &label) ||
+      !check.TrainingStep(kLr, kState) ||
+      !check.Gradient(kDy, kY, opt.act_min, opt.act_max, &dy, &data.has_y) ||
+      !check.Required(kX, "x", &x) || !check.Type(x, "x", DType::kInt8) ||
+      !OptionalPair(check, kWTrain, kWQas, "w_qas",
+                    dy.c, &w_train, &data.has_weight) ||
+      !OptionalPair(check, kBTrain, kBQas, "b_qas",
+                    dy.c, &b_train, &has_bias)) {
+    return false;
+  }
+  if (!data.has_weight && !has_bias) return check.Fail("nothing to update");
+  data.spec = kernels::BiasOnlySpec(opt, dy);
+  if (data.has_weight &&
+      !kernels::ValidateWeightGrad(check, opt, w_train, "w_train",
+                                   DType::kInt8, dy, x, &data.spec)) {
+    return false;
+  }
+  data.bias_channels = 0;
+  if (has_bias) {
+    if (!check.Type(b_train, "b_train", DType::kInt32)) return false;
+    if (b_train.rank != 1 || b_train.dims[0] < 1 || b_train.dims[0] > dy.c) {
+      return check.Fail("b_train must be [Ob] with 1 <= Ob <= dy's channels");
+    }
+    data.bias_channels = b_train.dims[0];
+  }
+  return true;
+}
+
+Status Prepare(KernelContext& ctx, void* op_data) {
+  return kernels::ToStatus(Validate(ctx, *static_cast<OpData*>(op_data)));
+}
+
+Status Eval(KernelContext& ctx, void* op_data) {
+  const OpData& data = *static_cast<const OpData*>(op_data);
+  const bool has_bias = data.bias_channels > 0;
+  kernels::EvalTensors tensors(ctx, kName);
+  const int32_t* label = tensors.In<const int32_t>(kLabel);
+  const float* lr = tensors.In<const float>(kLr);
+  const int32_t* state = tensors.In<const int32_t>(kState);
+  const float* dy = tensors.In<const float>(kDy);
+  const int8_t* y = tensors.In<const int8_t>(kY, data.has_y);
+  const int8_t* x = tensors.In<const int8_t>(kX);
+  core::TrainableParam<int8_t> weight;
+  weight.data = tensors.In<int8_t>(kWTrain, data.has_weight);
+  weight.qas = tensors.In<const float>(kWQas, data.has_weight);
+  weight.param_id = data.options.weight_param_id;
+  weight.channels = data.spec.out_channels;
+  core::TrainableParam<int32_t> bias;
+  bias.data = tensors.In<int32_t>(kBTrain, has_bias);
+  bias.qas = tensors.In<const float>(kBQas, has_bias);
+  bias.param_id = data.options.bias_param_id;
+  bias.channels = data.bias_channels;
+  if (!tensors.ok()) return Status::kError;
+  if (label[0] < 0) return Status::kOk;
+  const core::ActivationMask mask{y, data.options.act_min,
+                                  data.options.act_max};
+  const core::TrainingStep step{lr[0], data.options.rounding, state[1]};
+  core::ConvGradUpdate(data.spec, mask, dy, x, step, weight, bias);
+  return Status::kOk;
+}
+
+}  // namespace
+
+const KernelOps& ConvGradUpdateOp() {
+  static constexpr KernelOps ops{kName, Init, Prepare, Eval};
+  return ops;
+}
+
+}  // namespace tflm_train

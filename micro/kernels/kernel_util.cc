@@ -1,0 +1,201 @@
+#include "kernels/kernel_util.h"
+
+namespace tflm_train {
+namespace kernels {
+namespace {
+
+const char* TypeName(DType type) {
+  switch (type) {
+    case DType::kFloat32:
+      return "float32";
+    case DType::kInt32:
+      return "int32";
+    case DType::kInt8:
+      return "int8";
+    case DType::kOther:
+      break;
+  }
+  return "an unsupported type";
+}
+
+}  // namespace
+
+bool Checker::Fail(const char* what) {
+  ctx_.Report("%s: %s", op_, what);
+  return false;
+}
+
+bool Checker::Counts(int min_inputs, int max_inputs, int outputs) {
+  const int inputs = ctx_.NumInputs();
+  if (inputs >= min_inputs && inputs <= max_inputs &&
+      ctx_.NumOutputs() == outputs) {
+    return true;
+  }
+  ctx_.Report("%s: expected %d to %d inputs and %d outputs, got %d and %d",
+              op_, min_inputs, max_inputs, outputs, inputs, ctx_.NumOutputs());
+  return false;
+}
+
+bool Checker::Required(int index, const char* name, TensorView* t) {
+  if (ctx_.Input(index, t)) return true;
+  ctx_.Report("%s: missing input %d (%s)", op_, index, name);
+  return false;
+}
+
+bool Checker::RequiredOutput(int index, const char* name, TensorView* t) {
+  if (ctx_.Output(index, t)) return true;
+  ctx_.Report("%s: missing output %d (%s)", op_, index, name);
+  return false;
+}
+
+bool Checker::Optional(int index, TensorView* t) {
+  return index < ctx_.NumInputs() && ctx_.Input(index, t);
+}
+
+bool Checker::Type(const TensorView& t, const char* name, DType type) {
+  if (t.type == type) return true;
+  ctx_.Report("%s: %s must be %s, got %s", op_, name, TypeName(type),
+              TypeName(t.type));
+  return false;
+}
+
+bool Checker::Vector(const TensorView& t, const char* name, DType type, int n) {
+  if (!Type(t, name, type)) return false;
+  if (t.rank == 1 && t.dims[0] == n) return true;
+  ctx_.Report("%s: %s must have shape [%d]", op_, name, n);
+  return false;
+}
+
+bool Checker::SameDims(const TensorView& a, const char* a_name,
+                       const TensorView& b, const char* b_name) {
+  bool same = a.rank == b.rank;
+  for (int i = 0; same && i < a.rank; ++i) same = a.dims[i] == b.dims[i];
+  if (same) return true;
+  ctx_.Report("%s: %s and %s must have the same shape", op_, a_name, b_name);
+  return false;
+}
+
+bool Checker::AsImage(const TensorView& t, const char* name, DType type,
+                      bool flatten, Image* image) {
+  if (!Type(t, name, type)) return false;
+  const bool batch1 = t.rank >= 1 && t.dims[0] == 1;
+  if (batch1 && flatten) {
+    *image = Image{1, 1, static_cast<int>(t.NumElements())};
+    return true;
+  }
+  if (batch1 && t.rank == 4) {
+    *image = Image{t.dims[1], t.dims[2], t.dims[3]};
+    return true;
+  }
+  if (batch1 && t.rank == 2) {
+    *image = Image{1, 1, t.dims[1]};
+    return true;
+  }
+  ctx_.Report("%s: %s must be [1, H, W, C] or [1, C]", op_, name);
+  return false;
+}
+
+bool Checker::ImageIs(const Image& image, const char* name,
+                      const Image& expected) {
+  if (image == expected) return true;
+  ctx_.Report("%s: %s is [1, %d, %d, %d], expected [1, %d, %d, %d]", op_, name,
+              image.h, image.w, image.c, expected.h, expected.w, expected.c);
+  return false;
+}
+
+bool Checker::AsFilter(const TensorView& t, const char* name, DType type,
+                       Filter* filter) {
+  if (!Type(t, name, type)) return false;
+  if (t.rank == 4) {
+    *filter = Filter{t.dims[0], t.dims[1], t.dims[2], t.dims[3], false};
+  } else if (t.rank == 2) {
+    *filter = Filter{t.dims[0], 1, 1, t.dims[1], true};
+  } else {
+    ctx_.Report("%s: %s must be [O, kh, kw, I] or [O, I]", op_, name);
+    return false;
+  }
+  if (filter->out >= 1 && filter->h >= 1 && filter->w >= 1 && filter->in >= 1) {
+    return true;
+  }
+  ctx_.Report("%s: %s has an empty dimension", op_, name);
+  return false;
+}
+
+bool Checker::TrainSlice(const TensorView& t, const char* name,
+                         const Filter& filter, Filter* slice) {
+  if (!AsFilter(t, name, DType::kInt8, slice)) return false;
+  if (slice->fully_connected == filter.fully_connected &&
+      slice->out == filter.out && slice->h == filter.h &&
+      slice->w == filter.w && slice->in <= filter.in) {
+    return true;
+  }
+  ctx_.Report("%s: %s must have w's shape with a last dim <= w's", op_, name);
+  return false;
+}
+
+bool Checker::Int8Range(int32_t value, const char* name) {
+  if (value >= -128 && value <= 127) return true;
+  ctx_.Report("%s: %s %d is outside [-128, 127]", op_, name,
+              static_cast<int>(value));
+  return false;
+}
+
+bool Checker::ActivationRange(int32_t act_min, int32_t act_max) {
+  if (!Int8Range(act_min, "act_min") || !Int8Range(act_max, "act_max")) {
+    return false;
+  }
+  return act_min <= act_max || Fail("act_min must not exceed act_max");
+}
+
+bool Checker::Gradient(int dy_index, int y_index, int32_t act_min,
+                       int32_t act_max, Image* dy_image, bool* has_y) {
+  TensorView dy, y;
+  if (!Required(dy_index, "dy", &dy) ||
+      !AsImage(dy, "dy", DType::kFloat32, false, dy_image) ||
+      !ActivationRange(act_min, act_max)) {
+    return false;
+  }
+  *has_y = Optional(y_index, &y);
+  Image y_image;
+  return !*has_y || (AsImage(y, "y", DType::kInt8, false, &y_image) &&
+                     ImageIs(y_image, "y", *dy_image));
+}
+
+bool Checker::Geometry(const core::ConvGeometry& geometry) {
+  const char* problem = core::CheckConvGeometry(geometry);
+  if (problem == nullptr) return true;
+  ctx_.Report("%s: inconsistent geometry (input %dx%d, output %dx%d, kernel "
+              "%dx%d): %s", op_, geometry.in_h, geometry.in_w, geometry.out_h,
+              geometry.out_w, geometry.kernel_h, geometry.kernel_w, problem);
+  return false;
+}
+
+bool Checker::Label(int index, TensorView* t) {
+  return Required(index, "label", t) && Vector(*t, "label", DType::kInt32, 1);
+}
+
+bool Checker::TrainingStep(int lr_index, int state_index) {
+  TensorView lr, state;
+  return Required(lr_index, "lr", &lr) &&
+         Vector(lr, "lr", DType::kFloat32, 1) &&
+         Required(state_index, "state", &state) &&
+         Vector(state, "state", DType::kInt32, 2);
+}
+
+bool Checker::HasData(const TensorView& t, const char* name) {
+  if (t.data != nullptr) return true;
+  ctx_.Report("%s: %s must be a constant tensor", op_, name);
+  return false;
+}
+
+void* EvalTensors::Check(bool present, void* data, bool required,
+                         const char* kind, int index) {
+  if (!present && !required) return nullptr;
+  if (present && data != nullptr) return data;
+  if (ok_) ctx_.Report("%s: %s %d has no data", op_, kind, index);
+  ok_ = false;
+  return nullptr;
+}
+
+}  // namespace kernels
+}  // namespace tflm_train

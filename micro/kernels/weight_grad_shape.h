@@ -1,0 +1,30 @@
+// Validation shared by TFLT_CONV_GRAD_UPDATE and TFLT_CONV_WEIGHT_GRAD: the
+// trainable weight's shape (w_train, or dw) against dy, x and the options.
+#ifndef TFLM_TRAIN_MICRO_KERNELS_WEIGHT_GRAD_SHAPE_H_
+#define TFLM_TRAIN_MICRO_KERNELS_WEIGHT_GRAD_SHAPE_H_
+
+#include "core/conv_grad.h"
+#include "core/training_ops_generated.h"
+#include "kernels/kernel_util.h"
+
+namespace tflm_train {
+namespace kernels {
+
+// `weight` has `type` and is [O, kh, kw, K] / FC [O, K] with K <= x's
+// channels, or (options.depthwise) [1, kh, kw, C*M] with x [1, H, W, C];
+// O is dy's channel count. Fills all of `spec`.
+bool ValidateWeightGrad(Checker& check,
+                        const schema::ConvUpdateOptions& options,
+                        const TensorView& weight, const char* weight_name,
+                        DType type, const Image& dy_image, const TensorView& x,
+                        core::WeightGradSpec* spec);
+
+// The options' quantisation of x and activation range, and dy's geometry,
+// as far as they matter without a weight (a bias-only update).
+core::WeightGradSpec BiasOnlySpec(const schema::ConvUpdateOptions& options,
+                                  const Image& dy_image);
+
+}  // namespace kernels
+}  // namespace tflm_train
+
+#endif  // TFLM_TRAIN_MICRO_KERNELS_WEIGHT_GRAD_SHAPE_H_

@@ -1,0 +1,227 @@
+"""Converter: pruning, reordering, metadata, and clean errors on bad input."""
+import collections
+import json
+import os
+
+import pytest
+
+from conftest import run_cli, shared_path
+import tf_models
+from tflm_train import ir
+from tflm_train.converter import memory, metadata, pipeline
+from tflm_train.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "residual.tflite"
+    path.write_bytes(tf_models.mobilenet_like(residual=True, pad=True))
+    return str(path)
+
+
+def convert(path, scheme, **options):
+    graph = ir.load_file(path)
+    pipeline.convert(graph, scheme, pipeline.ConvertOptions(**options))
+    # Emit and reload: the counts below are of the model file a device would run.
+    graph = ir.load(ir.emit(graph))
+    metadata.read(graph)
+    return graph
+
+
+def roles(graph):
+    return collections.Counter(op.role for op in graph.ops)
+
+
+def kinds(graph, role=None):
+    return collections.Counter(op.kind for op in graph.ops if role is None or op.role == role)
+
+
+def layer_index(path, position):
+    graph = ir.load_file(path)
+    convs = [i for i, op in enumerate(graph.ops) if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    return convs[position]
+
+
+def test_classifier_only_emits_only_the_classifier_update(small_model):
+    g = convert(small_model, {"classifier": True})
+    assert roles(g) == {"init": 1, "forward": 10, "loss": 1, "update": 1}
+    assert kinds(g, "update") == {"TFLT_CONV_GRAD_UPDATE": 1}
+
+
+def test_bias_only_stops_backprop_at_the_earliest_bias(small_model):
+    g = convert(small_model, {"bias": "last 3"})
+    # FC input grad, MEAN grad, pw input grad; the dw below it needs no input gradient.
+    assert kinds(g, "backward") == {"TFLT_CONV_INPUT_GRAD": 2, "TFLT_MEAN_GRAD": 1}
+    assert kinds(g, "update") == {"TFLT_CONV_GRAD_UPDATE": 3}
+    md = metadata.read(g)
+    assert [t.kind for t in md.trainables] == [1, 1, 1]
+
+
+def test_sparse_scheme_reordered_and_conventional(small_model):
+    pw2, pw4 = layer_index(small_model, 2), layer_index(small_model, 4)
+    scheme = {"bias": "last 4", "weights": [{"layer": pw2, "ratio": 1}, {"layer": pw4, "ratio": 0.5}],
+              "classifier": True}
+    g = convert(small_model, scheme)
+    assert kinds(g, "backward") == {"TFLT_CONV_INPUT_GRAD": 2, "TFLT_MEAN_GRAD": 1,
+                                    "TFLT_DEPTHWISE_INPUT_GRAD": 1, "ADD": 1}
+    assert kinds(g, "update") == {"TFLT_CONV_GRAD_UPDATE": 4}
+    assert kinds(g, "forward")["TFLT_CONV_2D_SPLIT"] == 1
+    split = next(op for op in g.ops if op.kind == "TFLT_CONV_2D_SPLIT")
+    assert split.inputs[2].is_variable and split.inputs[2].shape == (12, 1, 1, 6)
+    assert split.inputs[1].is_constant and split.inputs[1].shape == (12, 1, 1, 12)
+    # Each update directly follows the backward op that produced its layer's input gradient (or the loss).
+    order = [op.role for op in g.ops]
+    assert order[0] == "init" and order.index("loss") == 11
+    for i, op in enumerate(g.ops):
+        if op.role == "update" and op.inputs[5] is not None:
+            assert g.ops[i - 1].role in ("backward", "loss", "update")
+
+    c = convert(small_model, scheme, reorder=False)
+    assert kinds(c, "backward") == {"TFLT_CONV_INPUT_GRAD": 2, "TFLT_MEAN_GRAD": 1, "TFLT_DEPTHWISE_INPUT_GRAD": 1,
+                                    "ADD": 1, "TFLT_CONV_WEIGHT_GRAD": 3, "TFLT_BIAS_GRAD": 4}
+    assert kinds(c, "update") == {"TFLT_SGD_UPDATE": 7}
+    assert [op.role for op in c.ops][-7:] == ["update"] * 7
+    assert memory.estimate(g).arena_bytes < memory.estimate(c).arena_bytes
+
+
+def test_training_io_and_metadata(small_model):
+    g = convert(small_model, {"bias": "last 2", "classifier": True}, rounding="stochastic")
+    md = metadata.read(g)
+    tensors = g.referenced_tensors()
+    assert [t.name for t in g.inputs][1:] == ["tflm_train/label", "tflm_train/learning_rate"]
+    assert g.outputs[-1].name == "tflm_train/loss"
+    assert tensors[md.label_input] is g.inputs[1] and tensors[md.loss_output] is g.outputs[-1]
+    assert tensors[md.state].is_variable and tensors[md.state].shape == (2,)
+    assert md.rounding == 1 and md.reordered and md.qas
+    for t in md.trainables:
+        var, init = tensors[t.variable], tensors[t.initial_value]
+        assert var.is_variable and var.data is None and init.is_constant
+        assert var.shape[:-1] == init.shape[:-1] and var.shape[-1] <= init.shape[-1]
+    init_op = g.ops[0]
+    assert init_op.kind == "TFLT_TRAIN_INIT" and len(init_op.inputs) == 2 + 2 * len(md.trainables)
+    assert json.loads(md.scheme_json)["layers"]
+
+
+def test_reference_scheme_keys(small_model):
+    g = convert(small_model, {"n_bias_update": 3, "manual_weight_idx": [4, 3], "weight_update_ratio": [0.5, 0]})
+    md = metadata.read(g)
+    tensors = g.referenced_tensors()
+    weights = [tensors[t.variable].shape for t in md.trainables if t.kind == 0]
+    assert weights == [(12, 1, 1, 6), (4, 12)]  # pw at ratio 0.5, classifier in full
+
+
+@pytest.mark.parametrize("model,scheme", [
+    ("models/tflm/person_detect.tflite",
+     {"bias": "last 10", "weights": [{"layer": 24, "ratio": 0.5}, {"layer": 26, "ratio": 0.25}], "classifier": True}),
+    ("models/mlperf-tiny/visual_wake_words.tflite",
+     {"bias": "last 10", "weights": [{"layer": 25, "ratio": 0.5}, {"layer": 27, "ratio": 0.25}], "classifier": True}),
+])
+def test_reordering_lowers_the_estimated_peak(model, scheme):
+    path = shared_path(*model.split("/"))
+    reordered = memory.estimate(convert(path, scheme))
+    conventional = memory.estimate(convert(path, scheme, reorder=False))
+    assert reordered.arena_bytes < conventional.arena_bytes
+    assert max(reordered.timeline) < max(conventional.timeline)
+
+
+# ---- bad input: one line on stderr, non-zero exit, no traceback, nothing written
+
+def assert_clean_failure(result, out_path, *fragments):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr and lines[0].startswith("tflm-train: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert not os.path.exists(out_path)
+    assert not [f for f in os.listdir(os.path.dirname(out_path)) if f.startswith(".tflm-train-")]
+
+
+@pytest.fixture
+def scheme_file(tmp_path):
+    def write(obj, name="s.json"):
+        p = tmp_path / name
+        p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+        return str(p)
+    return write
+
+
+def test_float_model_is_rejected(tmp_path, scheme_file):
+    src = tmp_path / "float.tflite"
+    src.write_bytes(tf_models.float_model())
+    out = str(tmp_path / "out.tflite")
+    r = run_cli("convert", str(src), "--sparse-scheme", scheme_file({"classifier": True}), "-o", out)
+    assert_clean_failure(r, out, "not int8-quantized")
+
+
+def test_op_without_gradient_rule_is_named(tmp_path, scheme_file):
+    src = tmp_path / "pool.tflite"
+    src.write_bytes(tf_models.with_max_pool())
+    out = str(tmp_path / "out.tflite")
+    r = run_cli("convert", str(src), "--sparse-scheme", scheme_file({"bias": "all"}), "-o", out)
+    assert_clean_failure(r, out, "no gradient rule for MAX_POOL_2D (op 1)")
+
+
+@pytest.mark.parametrize("payload", [b"", b"garbage" * 10, "truncated"])
+def test_truncated_or_garbage_file(tmp_path, scheme_file, small_model, payload):
+    if payload == "truncated":
+        payload = open(small_model, "rb").read()[:600]
+    src = tmp_path / "bad.tflite"
+    src.write_bytes(payload)
+    out = str(tmp_path / "out.tflite")
+    r = run_cli("convert", str(src), "--sparse-scheme", scheme_file({"classifier": True}), "-o", out)
+    assert_clean_failure(r, out)
+
+
+@pytest.mark.parametrize("scheme,message", [
+    ({"bias": "last 3", "weights": [{"layer": "no_such_tensor", "ratio": 1}]}, "unknown layer"),
+    ({"bias": "last 3", "weights": [{"layer": 99, "ratio": 1}]}, "unknown layer"),
+    ({"bias": "last 3", "weights": [{"layer": "POS4", "ratio": 1.5}]}, "weights[0].ratio"),
+    ({"bias": "last 3", "weights": [{"layer": "POS4", "ratio": 0}]}, "weights[0].ratio"),
+    ({"bias": "last 2", "weights": [{"layer": "POS2", "ratio": 1}]}, "outside the bias window"),
+    ({"n_bias_update": 2, "manual_weight_idx": [1], "weight_update_ratio": [0.5]}, "outside the bias window"),
+    ({"n_bias_update": 2, "manual_weight_idx": [1, 2], "weight_update_ratio": [0.5]}, "weight_update_ratio"),
+    ({"bias": "first 3"}, "bias"),
+    ({"bias": "last 3", "bogus": 1}, "unknown field 'bogus'"),
+    ("{not json", "invalid JSON"),
+    ({}, "updates nothing"),
+])
+def test_invalid_scheme(tmp_path, scheme_file, small_model, scheme, message):
+    if isinstance(scheme, dict):
+        for entry in scheme.get("weights", []):
+            if isinstance(entry["layer"], str) and entry["layer"].startswith("POS"):
+                entry["layer"] = layer_index(small_model, int(entry["layer"][3:]))
+    out = str(tmp_path / "out.tflite")
+    r = run_cli("convert", small_model, "--sparse-scheme", scheme_file(scheme), "-o", out)
+    assert_clean_failure(r, out, message)
+
+
+def test_missing_files_and_flags(tmp_path, scheme_file, small_model):
+    out = str(tmp_path / "out.tflite")
+    assert_clean_failure(run_cli("convert", str(tmp_path / "nope.tflite"), "--sparse-scheme",
+                                 scheme_file({"classifier": True}), "-o", out), out, "cannot read model")
+    assert_clean_failure(run_cli("convert", small_model, "--sparse-scheme", str(tmp_path / "nope.json"), "-o", out),
+                         out, "cannot read scheme")
+    assert_clean_failure(run_cli("convert", small_model, "-o", out), out, "--sparse-scheme is required")
+
+
+def test_already_converted_model_is_rejected(tmp_path, scheme_file, small_model):
+    first = str(tmp_path / "train.tflite")
+    assert run_cli("convert", small_model, "--sparse-scheme", scheme_file({"classifier": True}), "-o", first).returncode == 0
+    out = str(tmp_path / "again.tflite")
+    assert_clean_failure(run_cli("convert", first, "--sparse-scheme", scheme_file({"classifier": True}), "-o", out),
+                         out, "already a training model")
+
+
+def test_inspect_json(tmp_path, scheme_file, small_model):
+    out = str(tmp_path / "train.tflite")
+    assert run_cli("convert", small_model, "--sparse-scheme", scheme_file({"bias": "last 3", "classifier": True}),
+                   "-o", out).returncode == 0
+    r = run_cli("inspect", out, "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["ops"]["update"] == 3 and report["ops"]["init"] == 1
+    assert report["trainable_bytes"] == sum(t["bytes"] for t in report["trainable_tensors"]) > 0
+    assert report["estimated_arena_bytes"] > max(e["live_bytes"] for e in report["timeline"])
+    text = run_cli("inspect", out)
+    assert text.returncode == 0 and "estimated arena" in text.stdout

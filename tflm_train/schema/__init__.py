@@ -1,0 +1,1 @@
+"""The training-op schema: training_ops.fbs, its generator and the generated code."""
