@@ -122,6 +122,55 @@ def test_schema_conventions_are_parsed():
     assert schema.tables["T"].fields[0].default == -3
 
 
+EVERY_TYPE_FBS = """
+namespace demo.ns;
+// attribute "answer" = 42
+enum Mode : ubyte { OFF = 0, ON = 200 }
+// op: DEMO_OP
+table Every {
+  a: bool = true;
+  b: byte = -128;
+  c: ubyte = 255;
+  d: short = -32768;
+  e: int = -2147483648;
+  f: uint = 4294967295;
+  g: float = 0.1;
+  h: long = -9223372036854775808;
+  m: Mode = ON;
+}
+"""
+
+
+def test_every_scalar_type_round_trips_in_python():
+    module = {}
+    exec(compile(generate.render_python(idl.parse(EVERY_TYPE_FBS)), "every.py", "exec"), module)
+    every, mode = module["Every"], module["Mode"]
+    assert module["ANSWER"] == 42 and module["OPTIONS_BY_OP"] == {"DEMO_OP": every}
+    assert every().g == struct.unpack("<f", struct.pack("<f", 0.1))[0] and every().m == mode.ON
+    extremes = every(a=False, b=127, c=0, d=32767, e=2**31 - 1, f=0, g=-2.5, h=2**63 - 1, m=mode.OFF)
+    for value in (extremes, every()):
+        assert every.from_bytes(value.to_bytes()) == value
+    assert every.from_bytes(b"") == every()
+
+
+def test_every_scalar_type_compiles_in_cpp(tmp_path):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found")
+    (tmp_path / "every.h").write_text(generate.render_cpp(idl.parse(EVERY_TYPE_FBS)), encoding="utf-8")
+    (tmp_path / "every.cc").write_text("""#include "every.h"
+namespace s = demo::ns::schema;
+constexpr s::Every kDefaults{};
+static_assert(s::kAnswer == 42, "");
+static_assert(kDefaults.a && kDefaults.b == -128 && kDefaults.c == 255 && kDefaults.d == -32768, "");
+static_assert(kDefaults.e == INT32_MIN && kDefaults.f == UINT32_MAX && kDefaults.g == 0.1f, "");
+static_assert(kDefaults.h == INT64_MIN && kDefaults.m == s::Mode::kOn, "");
+bool Read(const uint8_t* buf, size_t size, s::Every* out) { return s::ReadEvery(buf, size, out); }
+""", encoding="utf-8")
+    result = subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only",
+                             str(tmp_path / "every.cc")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_options_by_op_matches_the_docs():
     docs = (REPO / "docs/training_ops.md").read_text(encoding="utf-8")
     assert set(re.findall(r"\bTFLT_[A-Z0-9_]+", docs)) == set(ops.OPTIONS_BY_OP)

@@ -32,7 +32,8 @@ class Worker:
         self._interpreter = self._runtime.Interpreter.from_bytes(
             model_bytes, custom_op_registerers=[registerer], arena_size=arena_size,
             intrepreter_config=config)
-        subgraph = self._runtime.schema_fb.Model.GetRootAs(model_bytes, 0).Subgraphs(0)
+        from tflite_micro.tensorflow.lite.python import schema_py_generated as schema
+        subgraph = schema.Model.GetRootAs(model_bytes, 0).Subgraphs(0)
         self._num_outputs = subgraph.OutputsLength()
         return {"inputs": subgraph.InputsLength(), "outputs": self._num_outputs,
                 "tensors": subgraph.TensorsLength()}

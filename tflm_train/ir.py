@@ -426,6 +426,9 @@ def save_file(graph: Graph, path: str) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a model file is an ordinary file
         os.replace(tmp, path)
     except OSError as exc:
         os.unlink(tmp)

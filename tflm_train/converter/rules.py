@@ -29,11 +29,13 @@ def conv_like(ctx, op, dy, index):
         w, w_train = effective_weights(op, ctx.params_of(op))
         w_scale = ctx.const(f"{op.outputs[0].name}/weight_scale", layers.weight_scales(op).astype(np.float32))
         dx = ctx.float_like(x)
-        kind = "TFLT_DEPTHWISE_INPUT_GRAD" if op.kind == "DEPTHWISE_CONV_2D" else "TFLT_CONV_INPUT_GRAD"
         options = ConvGradOptions(**geo.conv_fields(), input_height=geo.input_height, input_width=geo.input_width,
                                   input_channels=geo.input_channels, depth_multiplier=geo.depth_multiplier,
                                   act_min=act_min, act_max=act_max)
-        ctx.emit_custom(kind, [ctx.io.label, dy, y, w, w_train, w_scale], [dx], options)
+        if op.kind == "DEPTHWISE_CONV_2D":
+            ctx.emit_custom("TFLT_DEPTHWISE_INPUT_GRAD", [ctx.io.label, dy, y, w, w_scale], [dx], options)
+        else:
+            ctx.emit_custom("TFLT_CONV_INPUT_GRAD", [ctx.io.label, dy, y, w, w_train, w_scale], [dx], options)
         grads[0] = dx
     if ctx.params_of(op) is not None:
         # After the input gradient: that one must see the weights before this step's update.

@@ -14,7 +14,8 @@ forward order, classifier included, and ratio 0 means bias only. As in the refer
 implementation, the classifier is trained in full unless "classifier": false.
 
 A weight ratio r in (0, 1] updates the first max(1, floor(r * I)) input channels
-(the reference MCU engine's choice), so only that slice needs arena memory.
+(the reference MCU engine's choice), so only that slice needs arena memory; for a
+depthwise conv it selects the first channels.
 """
 from __future__ import annotations
 
@@ -36,11 +37,10 @@ NATIVE_KEYS = {"bias", "weights", "classifier"}
 class LayerUpdate:
     op: ir.Op
     bias: bool = False
-    weight_channels: int = 0      # trainable input channels (0: weights frozen)
-
-    @property
-    def weight_ratio_full(self) -> bool:
-        return self.weight_channels == input_channels(self.op)
+    # Trainable channels (0: weights frozen): the first input channels of a CONV_2D/FC
+    # (only that slice lives in the arena), the first channels of a depthwise (its whole,
+    # small, weight lives in the arena and the other channels get update scale 0).
+    weight_channels: int = 0
 
 
 @dataclasses.dataclass
@@ -128,7 +128,7 @@ def _resolve_native(source: dict, graph: ir.Graph, classifier: ir.Op) -> list:
             raise UserError(f"scheme: {field} must be {{\"layer\": op index or tensor name, \"ratio\": r}}")
         op = _layer(entry["layer"], graph, f"{field}.layer")
         ratio = _ratio(entry.get("ratio", 1.0), f"{field}.ratio", allow_zero=False)
-        update(op).weight_channels = _channels(op, ratio, field)
+        update(op).weight_channels = _channels(op, ratio)
 
     classifier_on = source.get("classifier", False)
     if not isinstance(classifier_on, bool):
@@ -145,9 +145,12 @@ def _resolve_native(source: dict, graph: ir.Graph, classifier: ir.Op) -> list:
 
 def _resolve_reference(source: dict, graph: ir.Graph, classifier: ir.Op) -> list:
     layers = conv_layers(graph)
+    # The reference implementation's bias window is the last n convs *before* the classifier,
+    # which it always trains separately; its indices still count the classifier as the last conv.
+    body = [op for op in layers if op is not classifier]
     n_bias = source.get("n_bias_update", 0)
-    if not isinstance(n_bias, int) or isinstance(n_bias, bool) or not 0 <= n_bias <= len(layers):
-        raise UserError(f"scheme: n_bias_update must be an integer in [0, {len(layers)}]")
+    if not isinstance(n_bias, int) or isinstance(n_bias, bool) or not 0 <= n_bias <= len(body):
+        raise UserError(f"scheme: n_bias_update must be an integer in [0, {len(body)}]")
     idx = source.get("manual_weight_idx", [])
     ratios = source.get("weight_update_ratio", [])
     if not isinstance(idx, list) or not isinstance(ratios, list):
@@ -156,7 +159,7 @@ def _resolve_reference(source: dict, graph: ir.Graph, classifier: ir.Op) -> list
         raise UserError(f"scheme: weight_update_ratio has {len(ratios)} entries for {len(idx)} manual_weight_idx")
     if source.get("pw1_weight_only", 0):
         raise UserError("scheme: pw1_weight_only is not supported")
-    updates = {id(op): LayerUpdate(op, bias=True) for op in layers[len(layers) - n_bias:]}
+    updates = {id(op): LayerUpdate(op, bias=True) for op in body[len(body) - n_bias:]}
     for i, (conv_index, ratio) in enumerate(zip(idx, ratios)):
         field = f"manual_weight_idx[{i}]"
         if not isinstance(conv_index, int) or isinstance(conv_index, bool) or not 0 <= conv_index < len(layers):
@@ -166,9 +169,11 @@ def _resolve_reference(source: dict, graph: ir.Graph, classifier: ir.Op) -> list
         if ratio == 0:
             continue
         u = updates.get(id(op))
-        if u is None:
-            raise UserError(f"scheme: {field}: conv {conv_index} is outside the bias window (last {n_bias} conv layers)")
-        u.weight_channels = _channels(op, ratio, field)
+        if u is None and op is not classifier:
+            raise UserError(f"scheme: {field}: conv {conv_index} is outside the bias window "
+                            f"(last {n_bias} conv layers before the classifier)")
+        u = u or updates.setdefault(id(op), LayerUpdate(op))
+        u.weight_channels = _channels(op, ratio)
     if source.get("classifier", True):
         u = updates.setdefault(id(classifier), LayerUpdate(classifier))
         u.bias = True
@@ -217,13 +222,8 @@ def _ratio(value, field: str, allow_zero: bool) -> float:
     return float(value)
 
 
-def _channels(op: ir.Op, ratio: float, field: str) -> int:
-    total = input_channels(op)
-    k = max(1, int(math.floor(ratio * total + 1e-9)))
-    if k < total and op.kind == "DEPTHWISE_CONV_2D":
-        raise UserError(f"scheme: {field}: weight ratio < 1 is supported for CONV_2D and FULLY_CONNECTED only, "
-                        f"not {op.kind}")
-    return k
+def _channels(op: ir.Op, ratio: float) -> int:
+    return max(1, int(math.floor(ratio * input_channels(op) + 1e-9)))
 
 
 def _check_window(updates: list, layers: list, field: str) -> None:

@@ -67,12 +67,19 @@ def make_params(graph: ir.Graph, scheme, qas: bool) -> dict:
         lp = LayerParams(op)
         if update.weight_channels:
             w = op.inputs[1]
-            shape = w.shape[:-1] + (update.weight_channels,)
+            depthwise = op.kind == "DEPTHWISE_CONV_2D"
+            scales = update_scales(s_w, qas)
+            if depthwise:
+                # A depthwise weight is small: it lives whole in the arena and the
+                # channels outside the ratio are frozen by a zero update scale.
+                scales[update.weight_channels:] = 0
+                shape = w.shape
+            else:
+                shape = w.shape[:-1] + (update.weight_channels,)
             var = graph.add_tensor(ir.Tensor(f"{name}/trainable_weight", shape, np.int8,
                                              quant=_sliced_quant(w.quant), is_variable=True))
-            axis = 3 if op.kind == "DEPTHWISE_CONV_2D" else 0
-            lp.weight = Param(ParamKind.WEIGHT, op, var, w, _const(graph, f"{name}/weight_update_scale",
-                                                                   update_scales(s_w, qas)), next_id, axis)
+            lp.weight = Param(ParamKind.WEIGHT, op, var, w, _const(graph, f"{name}/weight_update_scale", scales),
+                              next_id, 3 if depthwise else 0)
             next_id += 1
         if update.bias:
             initial = _bias_constant(graph, op, s_w * s_x)

@@ -60,6 +60,8 @@ _VERSIONS = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4, "ADD": 
 
 def import_mcunet(pkl_path: str, num_classes=None, resolution=None, seed: int = 0) -> ir.Graph:
     """The .tflite graph of a reference-implementation .pkl model (UserError on bad input)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"--seed must be a non-negative integer, got {seed!r}")
     model = load_model_pickle(pkl_path)
     if num_classes is not None:
         model = with_new_head(model, num_classes, seed)
@@ -67,7 +69,10 @@ def import_mcunet(pkl_path: str, num_classes=None, resolution=None, seed: int = 
 
 
 def native_resolution(model: dict) -> int:
-    return int(model["first_conv"].get("in_shape") or 128)
+    size = model["first_conv"].get("in_shape")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise UserError("model pickle: first_conv has no in_shape; give the input size with --resolution")
+    return size
 
 
 def with_new_head(model: dict, num_classes, seed: int = 0) -> dict:

@@ -7,6 +7,7 @@ names; a model file must not).
 """
 from __future__ import annotations
 
+import codecs
 import io
 import math
 import pickle
@@ -25,7 +26,7 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "scalar"): _NUMPY_CORE.multiarray.scalar,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): __import__("codecs").encode,
+    ("_codecs", "encode"): codecs.encode,
 }
 
 CONV_KEYS = ("pointwise1", "depthwise", "pointwise2")

@@ -46,7 +46,8 @@ def exp_ref(x) -> np.ndarray:
     p = _EXP_POLY[0]
     for c in _EXP_POLY[1:]:
         p = p * r + c
-    # ldexpf saturates far below these exponents; clipping only keeps the int cast defined.
+    # ldexp gives the same 0 or inf for any exponent beyond ±1000: clipping only keeps the
+    # int cast defined for huge or NaN n.
     exponent = np.clip(np.nan_to_num(n), -1000, 1000).astype(np.int32)
     result = np.ldexp(np.asarray(p, F32), exponent)
     return np.where(x < _EXP_UNDERFLOW, F32(0.0), result).astype(F32)

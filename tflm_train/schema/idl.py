@@ -34,7 +34,7 @@ ENUM_BASES = ("byte", "ubyte")
 
 
 class SchemaError(UserError):
-    """The .fbs uses something outside the subset generate.py understands."""
+    """The .fbs uses something outside the subset described above."""
 
 
 @dataclasses.dataclass

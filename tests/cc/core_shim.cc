@@ -1,0 +1,195 @@
+// C ABI over micro/core for tests/test_micro_core.py (loaded with ctypes).
+// Conv geometry travels as int[12]: in_h, in_w, out_h, out_w, kernel_h,
+// kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left.
+#include <cstdint>
+
+#include "core/conv_geometry.h"
+#include "core/conv_grad.h"
+#include "core/conv_update.h"
+#include "core/depthwise_grad.h"
+#include "core/mean_grad.h"
+#include "core/sgd_update.h"
+#include "core/softmax_xent.h"
+#include "core/split_conv.h"
+#include "core/train_init.h"
+
+using namespace tflm_train::core;
+
+namespace {
+
+ConvGeometry Geometry(const int32_t* g) {
+  ConvGeometry geometry;
+  geometry.in_h = g[0];
+  geometry.in_w = g[1];
+  geometry.out_h = g[2];
+  geometry.out_w = g[3];
+  geometry.kernel_h = g[4];
+  geometry.kernel_w = g[5];
+  geometry.stride_h = g[6];
+  geometry.stride_w = g[7];
+  geometry.dilation_h = g[8];
+  geometry.dilation_w = g[9];
+  geometry.pad_top = g[10];
+  geometry.pad_left = g[11];
+  return geometry;
+}
+
+// spec: x_channels, train_channels, depthwise, depth_multiplier, x_zero_point
+WeightGradSpec Spec(const int32_t* g, int out_channels, const int32_t* s,
+                    float x_scale) {
+  WeightGradSpec spec;
+  spec.geometry = Geometry(g);
+  spec.out_channels = out_channels;
+  spec.x_channels = s[0];
+  spec.train_channels = s[1];
+  spec.depthwise = s[2] != 0;
+  spec.depth_multiplier = s[3];
+  spec.x_zero_point = s[4];
+  spec.x_scale = x_scale;
+  return spec;
+}
+
+Rounding RoundingOf(int rounding) {
+  return rounding == 0 ? Rounding::kNearest : Rounding::kStochastic;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* shim_check_geometry(const int32_t* g) {
+  return CheckConvGeometry(Geometry(g));
+}
+
+uint32_t shim_hash32(uint32_t x) { return Hash32(x); }
+
+void shim_exp_ref(const float* x, int n, float* out) {
+  for (int i = 0; i < n; ++i) out[i] = ExpRef(x[i]);
+}
+
+void shim_softmax_xent(const int8_t* logits, int classes, float scale,
+                       int32_t zero_point, int label, float* loss,
+                       float* dlogits) {
+  SoftmaxXent(logits, classes, scale, zero_point, label, loss, dlogits);
+}
+
+void shim_conv_input_grad(const int32_t* g, const float* dy, const int8_t* y,
+                          int32_t act_min, int32_t act_max, const int8_t* w,
+                          const int8_t* w_train, int out_channels,
+                          int in_channels, int train_channels,
+                          const float* w_scale, float* dx) {
+  const ConvGeometry geometry = Geometry(g);
+  const SplitWeight weight{w, w_train, out_channels, geometry.kernel_h,
+                           geometry.kernel_w, in_channels, train_channels};
+  ConvInputGrad(geometry, ActivationMask{y, act_min, act_max}, dy, weight,
+                w_scale, dx);
+}
+
+void shim_depthwise_input_grad(const int32_t* g, const float* dy,
+                               const int8_t* y, int32_t act_min,
+                               int32_t act_max, const int8_t* w,
+                               const float* w_scale, int in_channels,
+                               int depth_multiplier, float* dx) {
+  DepthwiseInputGrad(Geometry(g), ActivationMask{y, act_min, act_max}, dy, w,
+                     w_scale, in_channels, depth_multiplier, dx);
+}
+
+void shim_mean_grad(const float* dy, int height, int width, int channels,
+                    float* dx) {
+  MeanGrad(dy, height, width, channels, dx);
+}
+
+void shim_bias_grad(int positions, int out_channels, const float* dy,
+                    const int8_t* y, int32_t act_min, int32_t act_max,
+                    int bias_channels, float* db) {
+  for (int o = 0; o < bias_channels; ++o) {
+    db[o] = BiasGrad(positions, out_channels, ActivationMask{y, act_min, act_max},
+                     dy, o);
+  }
+}
+
+void shim_conv_weight_grad(const int32_t* g, int out_channels,
+                           const int32_t* spec_ints, float x_scale,
+                           const float* dy, const int8_t* y, int32_t act_min,
+                           int32_t act_max, const int8_t* x, float* dw) {
+  const WeightGradSpec spec = Spec(g, out_channels, spec_ints, x_scale);
+  const ActivationMask mask{y, act_min, act_max};
+  for (int o = 0; o < out_channels; ++o) {
+    ForEachWeightGrad(spec, mask, dy, x, o,
+                      [dw](int element, float grad) { dw[element] = grad; });
+  }
+}
+
+// step_ints: rounding, step, weight_param_id, bias_param_id, bias_channels
+void shim_conv_grad_update(const int32_t* g, int out_channels,
+                           const int32_t* spec_ints, float x_scale,
+                           const float* dy, const int8_t* y, int32_t act_min,
+                           int32_t act_max, const int8_t* x, float lr,
+                           const int32_t* step_ints, int8_t* w_train,
+                           const float* w_qas, int32_t* b_train,
+                           const float* b_qas) {
+  const WeightGradSpec spec = Spec(g, out_channels, spec_ints, x_scale);
+  const TrainingStep step{lr, RoundingOf(step_ints[0]), step_ints[1]};
+  TrainableParam<int8_t> weight;
+  weight.data = w_train;
+  weight.qas = w_qas;
+  weight.param_id = step_ints[2];
+  weight.channels = out_channels;
+  TrainableParam<int32_t> bias;
+  bias.data = b_train;
+  bias.qas = b_qas;
+  bias.param_id = step_ints[3];
+  bias.channels = step_ints[4];
+  ConvGradUpdate(spec, ActivationMask{y, act_min, act_max}, dy, x, step,
+                 weight, bias);
+}
+
+void shim_sgd_update(const float* grad, void* param, int is_int8,
+                     int elements, int channels, int inner, const float* qas,
+                     float lr, int rounding, int32_t param_id, int32_t step) {
+  const UpdateRule rule(lr, RoundingOf(rounding), param_id, step);
+  ChannelAxis axis;
+  axis.channels = channels;
+  axis.inner = inner;
+  if (is_int8) {
+    SgdUpdate(rule, axis, grad, qas, elements, static_cast<int8_t*>(param));
+  } else {
+    SgdUpdate(rule, axis, grad, qas, elements, static_cast<int32_t*>(param));
+  }
+}
+
+void shim_multiply_by_quantized_multiplier(const int32_t* x,
+                                           const int32_t* multiplier,
+                                           const int32_t* shift, int n,
+                                           int32_t* out) {
+  for (int i = 0; i < n; ++i) {
+    out[i] = MultiplyByQuantizedMultiplier(x[i], multiplier[i], shift[i]);
+  }
+}
+
+// params: x_zero_point, y_zero_point, act_min, act_max
+void shim_split_conv(const int32_t* g, const int32_t* params, const int8_t* x,
+                     const int8_t* w, const int8_t* w_train, int out_channels,
+                     int in_channels, int train_channels, const int32_t* bias,
+                     const int32_t* multiplier, const int32_t* shift,
+                     int8_t* y) {
+  SplitConvParams p;
+  p.geometry = Geometry(g);
+  p.x_zero_point = params[0];
+  p.y_zero_point = params[1];
+  p.act_min = params[2];
+  p.act_max = params[3];
+  const SplitWeight weight{w, w_train, out_channels, p.geometry.kernel_h,
+                           p.geometry.kernel_w, in_channels, train_channels};
+  SplitConv(p, x, weight, bias, multiplier, shift, y);
+}
+
+void shim_copy_leading_channels(const void* src, void* dst, int rows,
+                                int src_last, int dst_last, int element_size) {
+  CopyLeadingChannels(src, dst, rows, src_last, dst_last,
+                      static_cast<size_t>(element_size));
+}
+
+int32_t shim_next_step(int32_t step) { return NextStep(step); }
+
+}  // extern "C"
