@@ -19,6 +19,9 @@ from tflm_train.kernels_grad.common import F32, Window
 from tflm_train.kernels_grad.depthwise_conv import depthwise_input_grad
 from tflm_train.reference.quantization import multiply_by_quantized_multiplier, quantize_multiplier
 
+# The reference's NaN-guard cases multiply NaN and infinity on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
 SEEDS = list(range(12))
 NEAREST, STOCHASTIC = 0, 1
 KERNELS = (1, 3, 5, 7)

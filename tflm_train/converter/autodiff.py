@@ -1,7 +1,7 @@
 """Compile-time reverse-mode autodiff over the forward graph, pruned to what the scheme needs.
 
 Gradient rules are registered per forward op kind (like JAX's transpose rules) in
-tflm_train/kernels_grad/. A rule receives the gradient of the op's output and
+tflm_train/kernels_grad/, next to the numpy reference of the ops they emit. A rule receives the gradient of the op's output and
 returns gradients for the inputs the pass asks for; parameter updates are not
 emitted by rules but requested, so the schedule pass decides whether they are
 fused right after the gradient (reordered) or materialised and applied at the end.
@@ -98,7 +98,7 @@ def tensors_needing_grad(graph: ir.Graph, trainable_layers: list, logits: ir.Ten
 
 def differentiate(graph: ir.Graph, ctx: GradContext, logits: ir.Tensor, dlogits: ir.Tensor) -> list:
     """Emits the backward pass from d(loss)/d(logits); returns ctx.emitted."""
-    import tflm_train.converter.rules  # noqa: F401  (registers the gradient rules)
+    import tflm_train.kernels_grad  # noqa: F401  (registers the gradient rules)
 
     pending: dict = {id(logits): [dlogits]}
     for index in range(len(graph.ops) - 1, -1, -1):

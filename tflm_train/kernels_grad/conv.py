@@ -11,6 +11,8 @@ from tflm_train.kernels_grad.common import (F32, WINDOW_FIELDS, Window, activati
                                             training_label, unspecified_outputs)
 from tflm_train.kernels_grad.update import sgd_update
 from tflm_train.reference.quantization import multiply_by_quantized_multiplier
+from tflm_train.converter import layers
+from tflm_train.converter.autodiff import gradient_rule
 from tflm_train.reference.registry import kernel
 from tflm_train.schema.training_ops_generated import ConvGradOptions, ConvUpdateOptions, Rounding, SplitConvOptions
 
@@ -178,3 +180,39 @@ def conv2d_split_kernel(op, args):
     y = conv2d_split(x, w, w_train, bias, multiplier, shift, output_height=out_h, output_width=out_w, **pick(
         options, *WINDOW_FIELDS, "x_zero_point", "y_zero_point", "act_min", "act_max"))
     return [y.reshape(out_shape)]
+
+
+# ---------------------------------------------------------------- gradient rule (converter side)
+
+def effective_weights(op, layer_params) -> tuple:
+    """(w, w_train) as the training ops take them: see 'split weights' in docs/training_ops.md."""
+    if layer_params is None or layer_params.weight is None:
+        return op.inputs[1], None
+    if layer_params.split:
+        return op.inputs[1], layer_params.weight.variable
+    return layer_params.weight.variable, None
+
+
+# One rule for the conv-like kinds: only the emitted input-gradient op differs for a depthwise.
+@gradient_rule("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+def conv_like(ctx, op, dy, index):
+    grads = {}
+    x = op.inputs[0]
+    if ctx.needs_grad(x):
+        y, act_min, act_max = layers.activation_bounds(op)
+        geo = layers.geometry(op)
+        w, w_train = effective_weights(op, ctx.params_of(op))
+        w_scale = ctx.const(f"{op.outputs[0].name}/weight_scale", layers.weight_scales(op).astype(np.float32))
+        dx = ctx.float_like(x)
+        options = ConvGradOptions(**geo.conv_fields(), input_height=geo.input_height, input_width=geo.input_width,
+                                  input_channels=geo.input_channels, depth_multiplier=geo.depth_multiplier,
+                                  act_min=act_min, act_max=act_max)
+        if op.kind == "DEPTHWISE_CONV_2D":
+            ctx.emit_custom("TFLT_DEPTHWISE_INPUT_GRAD", [ctx.io.label, dy, y, w, w_scale], [dx], options)
+        else:
+            ctx.emit_custom("TFLT_CONV_INPUT_GRAD", [ctx.io.label, dy, y, w, w_train, w_scale], [dx], options)
+        grads[0] = dx
+    if ctx.params_of(op) is not None:
+        # After the input gradient: that one must see the weights before this step's update.
+        ctx.request_update(op, dy)
+    return grads

@@ -47,7 +47,7 @@ class Executor:
             if len(outputs) != len(op.outputs):
                 raise UserError(f"{op.kind} (op {index}) produced {len(outputs)} outputs, the model lists {len(op.outputs)}")
             for tensor, value in zip(op.outputs, outputs):
-                self._write(tensor, np.asarray(value), op, index)
+                self._write(tensor, np.asarray(value), f"{op.kind} (op {index})")
         return [self.value(t).copy() for t in self.graph.outputs]
 
     def value(self, tensor: ir.Tensor) -> np.ndarray:
@@ -65,18 +65,19 @@ class Executor:
             raise UserError(f"input {i} '{tensor.name}' must be {tensor.dtype.name}, got {data.dtype.name}")
         if data.size != tensor.size:
             raise UserError(f"input {i} '{tensor.name}' must have shape {tensor.shape}, got {data.shape}")
-        self._write(tensor, data.reshape(tensor.shape).copy(), None, None)
+        self._write(tensor, data.reshape(tensor.shape), f"input {i}")
 
     def _read(self, tensor: ir.Tensor, op: ir.Op, index: int) -> np.ndarray:
         if tensor.is_constant or id(tensor) in self._variables or id(tensor) in self._values:
             return self.value(tensor)
         raise UserError(f"{op.kind} (op {index}) reads tensor '{tensor.name}' before anything writes it")
 
-    def _write(self, tensor: ir.Tensor, value: np.ndarray, op, index) -> None:
+    def _write(self, tensor: ir.Tensor, value: np.ndarray, writer: str) -> None:
         if value.dtype != tensor.dtype or value.shape != tensor.shape:
-            raise UserError(f"{op.kind} (op {index}) produced {value.dtype.name} {value.shape} for tensor "
+            raise UserError(f"{writer} produced {value.dtype.name} {value.shape} for tensor "
                             f"'{tensor.name}' of {tensor.dtype.name} {tensor.shape}")
         if id(tensor) in self._variables:
             self._variables[id(tensor)][...] = value
         else:
-            self._values[id(tensor)] = value
+            # A copy: kernels may return views of their inputs, which can change later.
+            self._values[id(tensor)] = value.copy()

@@ -1,0 +1,1 @@
+"""Python converter: quantized .tflite → training .tflite."""
