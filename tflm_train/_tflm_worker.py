@@ -29,6 +29,8 @@ class Worker:
         config = (self._runtime.InterpreterConfig.kPreserveAllTensors if preserve_all_tensors
                   else self._runtime.InterpreterConfig.kAllocationRecording)
         self._interpreter = None
+        # The interpreter reads this very object (no copy): model_bytes() shows any write into it.
+        self._model = model_bytes
         self._interpreter = self._runtime.Interpreter.from_bytes(
             model_bytes, custom_op_registerers=[registerer], arena_size=arena_size,
             intrepreter_config=config)
@@ -49,6 +51,9 @@ class Worker:
 
     def tensor(self, index):
         return self._interpreter.GetTensor(index, 0)["tensor_data"]
+
+    def model_bytes(self):
+        return bytes(self._model)
 
     def print_allocations(self):
         self._interpreter.print_allocations()

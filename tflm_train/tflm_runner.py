@@ -44,9 +44,8 @@ class TflmSession:
         self._preserve_all_tensors = preserve_all_tensors
         self._worker = _Worker()
         try:
-            info = self._worker.call("open", "prepare the model", library, native.REGISTERER,
-                                     bytes(model_bytes), arena_size or DEFAULT_ARENA_BYTES,
-                                     preserve_all_tensors)
+            info = _open(self._worker, library, bytes(model_bytes), arena_size or DEFAULT_ARENA_BYTES,
+                         preserve_all_tensors)
         except BaseException:
             self._worker.close()
             raise
@@ -70,6 +69,10 @@ class TflmSession:
         if not 0 <= index < self.num_tensors:
             raise UserError(f"tensor index {index} out of range: the model has {self.num_tensors} tensors")
         return self._worker.call("tensor", f"read tensor {index}", index)
+
+    def model_bytes(self) -> bytes:
+        """The model buffer as the interpreter holds it now: training must never write into it."""
+        return self._worker.call("model_bytes", "read the model buffer")
 
     def allocations(self) -> dict:
         """Arena bytes in use: {"total", "head" (planned activations), "tail" (persistent)}."""
@@ -126,6 +129,12 @@ def min_arena_bytes(model_bytes: bytes, max_arena_bytes: int = DEFAULT_ARENA_BYT
         probe.close()
 
 
+def _open(worker, library: str, model_bytes: bytes, arena_size: int, preserve_all_tensors: bool) -> dict:
+    """(Re)creates the worker's interpreter; returns the model's input/output/tensor counts."""
+    return worker.call("open", "prepare the model", library, native.REGISTERER, model_bytes,
+                       arena_size, preserve_all_tensors)
+
+
 class _ArenaProbe:
     """Prepares one model in arenas of different sizes, reusing a worker until one crashes."""
 
@@ -138,8 +147,7 @@ class _ArenaProbe:
         if self._worker is None or not self._worker.alive:
             self._worker = _Worker()
         try:
-            self._worker.call("open", "prepare the model", self._library, native.REGISTERER,
-                              self._model, arena_size, False)
+            _open(self._worker, self._library, self._model, arena_size, False)
         except UserError:
             return False
         return True

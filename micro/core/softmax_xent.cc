@@ -10,6 +10,15 @@ float Dequantize(int8_t q, float scale, int32_t zero_point) {
   return static_cast<float>(static_cast<int32_t>(q) - zero_point) * scale;
 }
 
+// ldexpf saturates long before 2^+-1000; clamping (NaN to 0) only keeps the
+// conversion to int defined for any input.
+int Exponent(float n) {
+  if (std::isnan(n)) return 0;
+  if (n > 1000.0f) return 1000;
+  if (n < -1000.0f) return -1000;
+  return static_cast<int>(n);
+}
+
 }  // namespace
 
 float ExpRef(float x) {
@@ -25,7 +34,7 @@ float ExpRef(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  return ldexpf(p, static_cast<int>(n));
+  return ldexpf(p, Exponent(n));
 }
 
 void SoftmaxXent(const int8_t* logits, int classes, float scale,

@@ -60,8 +60,8 @@ def _options(op):
     return op.options
 
 
-def _unsupported(op, *arrays):
-    types = ", ".join(str(a.dtype) for a in arrays)
+def _unsupported(op, *dtypes):
+    types = ", ".join(np.dtype(d).name for d in dtypes)
     return UserError(f"{op.kind}: no reference kernel for {types} tensors")
 
 
@@ -71,8 +71,9 @@ def _requantize_int8(acc, multiplier, shift, zero_point: int, lo: int, hi: int) 
 
 
 def _exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Integer a @ b through float64 BLAS: exact, as every partial sum of int8 products
-    (|p| < 2^15, fewer than 2^38 of them) is an integer below 2^53."""
+    """Integer a @ b through float64 BLAS: exact, as every partial sum of products of
+    zero-point-shifted int8 values (|p| <= 255^2, fewer than 2^36 of them) is an
+    integer below 2^53."""
     return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
 
 
@@ -166,8 +167,8 @@ def _conv_operands(op, args):
     bias = args[2] if len(args) > 2 else None
     if w.ndim != 4:
         raise UserError(f"{op.kind}: weight must be 4-D (got {w.shape})")
-    win = _window(op, x, w.shape[1:3], (_options(op).dilationHFactor, _options(op).dilationWFactor))
-    return x, w, bias, win
+    opts = _options(op)
+    return x, w, bias, _window(op, x, w.shape[1:3], (opts.dilationHFactor, opts.dilationWFactor))
 
 
 @kernel("CONV_2D")
@@ -180,7 +181,7 @@ def conv_2d(op, args):
         return [_conv_int8(op, x, w, bias, win)]
     if x.dtype == np.float32 and w.dtype == np.float32:
         return [_conv_float(op, x, w, bias, win)]
-    raise _unsupported(op, x, w)
+    raise _unsupported(op, x.dtype, w.dtype)
 
 
 def _conv_int8(op, x, w, bias, win) -> np.ndarray:
@@ -227,7 +228,7 @@ def depthwise_conv_2d(op, args):
         return [_depthwise_int8(op, x, w, bias, win, multiplier)]
     if x.dtype == np.float32 and w.dtype == np.float32:
         return [_depthwise_float(op, x, w, bias, win, multiplier)]
-    raise _unsupported(op, x, w)
+    raise _unsupported(op, x.dtype, w.dtype)
 
 
 def _depthwise_int8(op, x, w, bias, win, depth_multiplier: int) -> np.ndarray:
@@ -272,7 +273,7 @@ def fully_connected(op, args):
             total = total + rows[:, d:d + 1] * w[:, d]
         out = q.clamp_float(total + (bias if bias is not None else F32(0.0)), _activation(op))
     else:
-        raise _unsupported(op, x, w)
+        raise _unsupported(op, x.dtype, w.dtype)
     return [out.reshape(y.shape)]
 
 
@@ -316,7 +317,7 @@ def add(op, args):
     elif a.dtype == np.float32 and b.dtype == np.float32:
         out = q.clamp_float(a + b, _activation(op))
     else:
-        raise _unsupported(op, a, b)
+        raise _unsupported(op, a.dtype, b.dtype)
     return [out.reshape(y.shape)]
 
 
@@ -347,7 +348,7 @@ def quantize(op, args):
     y = op.outputs[0]
     y_scale, y_zp = _per_tensor_quant(op, y)
     if y.dtype != np.int8:
-        raise _unsupported(op, x, np.empty(0, y.dtype))
+        raise _unsupported(op, x.dtype, y.dtype)
     if x.dtype == np.float32:
         rounded = q.round_half_away(x / F32(y_scale))
         # Like x86's float→int32 conversion: NaN and out-of-range values become INT32_MIN.
@@ -358,14 +359,14 @@ def quantize(op, args):
         x_scale, x_zp = _per_tensor_quant(op, op.inputs[0])
         multiplier, shift = q.quantize_multiplier(x_scale / y_scale)
         return [_requantize_int8(x.astype(np.int64) - x_zp, multiplier, shift, y_zp, _INT8_MIN, _INT8_MAX)]
-    raise _unsupported(op, x)
+    raise _unsupported(op, x.dtype)
 
 
 @kernel("DEQUANTIZE")
 def dequantize(op, args):
     x = args[0]
     if x.dtype != np.int8 or op.outputs[0].dtype != np.float32:
-        raise _unsupported(op, x, np.empty(0, op.outputs[0].dtype))
+        raise _unsupported(op, x.dtype, op.outputs[0].dtype)
     scale, zp = _per_tensor_quant(op, op.inputs[0])
     # TFLM multiplies in double and rounds once to float.
     return [(np.float64(scale) * (x.astype(np.int64) - zp)).astype(F32)]
@@ -402,7 +403,7 @@ def mean(op, args):
     elif x.dtype == np.float32:
         out = _sum_in_order(terms) / F32(count)
     else:
-        raise _unsupported(op, x)
+        raise _unsupported(op, x.dtype)
     return [out.reshape(y.shape)]
 
 
@@ -434,7 +435,7 @@ def average_pool_2d(op, args):
             count += inside
         _check_pool_counts(op, count)
         return [q.clamp_float(total / count[None, :, :, None], _activation(op))]
-    raise _unsupported(op, x)
+    raise _unsupported(op, x.dtype)
 
 
 def _check_pool_counts(op, count: np.ndarray):
@@ -478,7 +479,7 @@ def softmax(op, args):
     elif x.dtype == np.float32:
         out = _softmax_float(rows, beta)
     else:
-        raise _unsupported(op, x, np.empty(0, y.dtype))
+        raise _unsupported(op, x.dtype, y.dtype)
     return [out.reshape(y.shape)]
 
 
