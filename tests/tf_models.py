@@ -19,8 +19,11 @@ def quantize(model, input_shape, seed=0) -> bytes:
     return converter.convert()
 
 
-def mobilenet_like(residual=False, pad=False, classes=4, size=12, seed=0) -> bytes:
-    """conv(s2) [→ pad] → dw → pw [→ dw → pw + residual] → global mean → dense → softmax."""
+def mobilenet_like(residual=False, pad=False, classes=4, size=12, seed=0, pool="mean") -> bytes:
+    """conv(s2) [→ pad] → dw → pw [→ dw → pw + residual] → global pool → dense → softmax.
+
+    pool="mean" gives MEAN; pool="avgpool" gives AVERAGE_POOL_2D + RESHAPE (flatten).
+    """
     import tensorflow as tf
     tf.keras.utils.set_random_seed(seed)
     layers = tf.keras.layers
@@ -34,7 +37,10 @@ def mobilenet_like(residual=False, pad=False, classes=4, size=12, seed=0) -> byt
         y = layers.DepthwiseConv2D(3, padding="same", activation="relu6")(x)
         y = layers.Conv2D(12, 1)(y)
         x = layers.Add()([x, y])
-    x = layers.GlobalAveragePooling2D()(x)
+    if pool == "mean":
+        x = layers.GlobalAveragePooling2D()(x)
+    else:
+        x = layers.Flatten()(layers.AveragePooling2D(x.shape[1])(x))
     x = layers.Dense(classes)(x)
     return quantize(tf.keras.Model(inp, layers.Softmax()(x)), (size, size, 3), seed)
 

@@ -49,7 +49,7 @@ bool Checker::RequiredOutput(int index, const char* name, TensorView* t) {
 }
 
 bool Checker::Optional(int index, TensorView* t) {
-  return index < ctx_.NumInputs() && ctx_.Input(index, t);
+  return ctx_.Input(index, t);
 }
 
 bool Checker::Type(const TensorView& t, const char* name, DType type) {

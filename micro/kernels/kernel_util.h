@@ -15,11 +15,9 @@ namespace kernels {
 // A batch-1 activation as an image: [1, H, W, C], or [1, C] as a 1x1 image.
 struct Image {
   int h = 1, w = 1, c = 0;
-  int Size() const { return h * w * c; }
   bool operator==(const Image& o) const {
     return h == o.h && w == o.w && c == o.c;
   }
-  bool operator!=(const Image& o) const { return !(*this == o); }
 };
 
 // The four dims of a conv/FC weight; a rank-2 FC weight [O, I] is [O, 1, 1, I].
@@ -119,7 +117,7 @@ class Checker {
   // The standard label / lr / state inputs.
   bool Label(int index, TensorView* t);
   bool TrainingStep(int lr_index, int state_index);
-  // An input whose data must be there (Eval, or constants at Prepare).
+  // A tensor whose data Prepare needs (a constant).
   bool HasData(const TensorView& t, const char* name);
 
  private:
