@@ -83,6 +83,9 @@ typedef struct TfLiteContext {
 
 }  // extern "C"
 
+// The offsets are those of the 64-bit wheel; 32-bit targets compile this
+// description only as a stand-in for TFLM's own headers (size and syntax checks).
+#if UINTPTR_MAX == 0xFFFFFFFFFFFFFFFFu
 static_assert(sizeof(TfLiteType) == 4, "C enums are int-sized");
 static_assert(offsetof(TfLiteEvalTensor, type) == 16, "TfLiteEvalTensor");
 static_assert(offsetof(TfLiteNode, user_data) == 24, "TfLiteNode");
@@ -92,5 +95,6 @@ static_assert(offsetof(TfLiteContext, AllocatePersistentBuffer) == 112, "TfLiteC
 static_assert(offsetof(TfLiteContext, RequestScratchBufferInArena) == 128, "TfLiteContext");
 static_assert(offsetof(TfLiteContext, GetScratchBuffer) == 136, "TfLiteContext");
 static_assert(offsetof(TfLiteContext, GetEvalTensor) == 168, "TfLiteContext");
+#endif  // 64-bit
 
 #endif  // TFLM_TRAIN_HOST_ABI_TENSORFLOW_LITE_C_COMMON_H_

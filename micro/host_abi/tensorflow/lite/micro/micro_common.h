@@ -19,8 +19,12 @@ struct TFLMRegistration {
   const char* custom_name;  // filled in by the resolver; must outlive it
 };
 
+// The offsets are those of the 64-bit wheel; 32-bit targets compile this
+// description only as a stand-in for TFLM's own headers (size and syntax checks).
+#if UINTPTR_MAX == 0xFFFFFFFFFFFFFFFFu
 static_assert(offsetof(TFLMRegistration, builtin_code) == 40, "TFLMRegistration");
 static_assert(offsetof(TFLMRegistration, custom_name) == 48, "TFLMRegistration");
 static_assert(sizeof(TFLMRegistration) == 56, "TFLMRegistration");
+#endif  // 64-bit
 
 #endif  // TFLM_TRAIN_HOST_ABI_TENSORFLOW_LITE_MICRO_MICRO_COMMON_H_
