@@ -10,6 +10,7 @@ import ctypes
 import os
 import pickle
 import sys
+import time
 
 # The script's own directory (tflm_train/) must not shadow top-level modules.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
@@ -45,6 +46,17 @@ class Worker:
             self._interpreter.set_input(array, index)
         self._interpreter.invoke()
         return [self._interpreter.get_output(i) for i in range(self._num_outputs)]
+
+    def time_invokes(self, inputs, count):
+        """Seconds of each of `count` invokes on the same inputs, timed around invoke() alone."""
+        for index, array in enumerate(inputs):
+            self._interpreter.set_input(array, index)
+        seconds = []
+        for _ in range(count):
+            start = time.perf_counter()
+            self._interpreter.invoke()
+            seconds.append(time.perf_counter() - start)
+        return seconds
 
     def reset(self):
         self._interpreter.reset()

@@ -3,6 +3,9 @@
   tflm-train convert IN.tflite --sparse-scheme S.json -o OUT.tflite [--no-reorder] [--rounding nearest|stochastic]
   tflm-train inspect MODEL.tflite [--json] [--measure]
   tflm-train import-mcunet MODEL.pkl -o OUT.tflite [--num-classes N] [--resolution R]
+  tflm-train train MODEL_TRAIN.tflite --data D [--epochs E] [--lr LR] [--lr-schedule cosine|constant] [--seed S]
+             [--eval-data D2 | --eval-split F] [--state-out STATE.npz] [--metrics-json M.json] [--plot P.png]
+  tflm-train export MODEL_TRAIN.tflite --state STATE.npz -o OUT.tflite
 """
 from __future__ import annotations
 
@@ -22,8 +25,19 @@ flags.DEFINE_bool("json", False, "inspect: print one JSON object")
 flags.DEFINE_bool("measure", False, "inspect: also measure the arena in the stock TFLM interpreter")
 flags.DEFINE_integer("num-classes", None, "import-mcunet: replace the classifier head")
 flags.DEFINE_integer("resolution", None, "import-mcunet: input resolution")
+flags.DEFINE_string("data", None, "train: training data (image folder, .npz, IDX images, or 'lfw')")
+flags.DEFINE_string("eval-data", None, "train: evaluation data (default: the training data)")
+flags.DEFINE_float("eval-split", None, "train: hold out this fraction of --data (per class, seeded) for evaluation")
+flags.DEFINE_integer("epochs", 1, "train: passes over the training data")
+flags.DEFINE_float("lr", 0.01, "train: learning rate (real-valued SGD step, via QAS)")
+flags.DEFINE_enum("lr-schedule", "cosine", ["cosine", "constant"], "train: per-step learning-rate schedule")
+flags.DEFINE_integer("seed", 0, "train: shuffling and split seed")
+flags.DEFINE_string("state-out", None, "train: write the trained variables (.npz)")
+flags.DEFINE_string("metrics-json", None, "train: write metrics (all fields but 'seconds' are deterministic)")
+flags.DEFINE_string("plot", None, "train: write a loss/accuracy plot (.png)")
+flags.DEFINE_string("state", None, "export: trained state (.npz from train --state-out)")
 
-USAGE = "usage: tflm-train {convert,inspect,import-mcunet} ... (see --helpfull)"
+USAGE = "usage: tflm-train {convert,inspect,import-mcunet,train,export} ... (see --helpfull)"
 
 
 def _one_path(argv: list, what: str) -> str:
@@ -69,7 +83,47 @@ def cmd_import_mcunet(argv: list) -> None:
     print(f"wrote {out}")
 
 
-COMMANDS = {"convert": cmd_convert, "inspect": cmd_inspect, "import-mcunet": cmd_import_mcunet}
+def cmd_train(argv: list) -> None:
+    from tflm_train import data, ir, state, train
+
+    model_bytes = ir.read_file(_one_path(argv, "training model"))
+    spec = data.InputSpec.of_model(ir.load(model_bytes))
+    config = train.TrainConfig(epochs=FLAGS.epochs, lr=FLAGS.lr, lr_schedule=FLAGS["lr-schedule"].value,
+                               seed=FLAGS.seed)
+    config.validate()
+    train_set = data.load(_required("data"), spec)
+    eval_source, eval_split = FLAGS["eval-data"].value, FLAGS["eval-split"].value
+    if eval_source and eval_split is not None:
+        raise UserError("give --eval-data or --eval-split, not both")
+    if eval_source:
+        eval_set = data.load(eval_source, spec)
+    elif eval_split is not None:
+        train_set, eval_set = data.split(train_set, eval_split, FLAGS.seed)
+    else:
+        eval_set = train_set
+    result = train.train(model_bytes, train_set, eval_set, config)
+    m = result.metrics
+    print(f"eval accuracy {m['initial_eval_accuracy']:.3f} -> {m['final_eval_accuracy']:.3f} "
+          f"({config.epochs} epochs, {len(train_set)} training samples, {m['seconds']:.1f} s)")
+    for flag, write in (("metrics-json", lambda path: train.save_metrics(path, m)),
+                        ("state-out", lambda path: state.save(path, model_bytes, result.state)),
+                        ("plot", lambda path: train.plot(path, m))):
+        if FLAGS[flag].value:
+            write(FLAGS[flag].value)
+            print(f"wrote {FLAGS[flag].value}")
+
+
+def cmd_export(argv: list) -> None:
+    from tflm_train import ir, state
+
+    model_bytes = ir.read_file(_one_path(argv, "training model"))
+    out = _required("output")
+    ir.save_file(state.export(model_bytes, _required("state")), out)
+    print(f"wrote {out}")
+
+
+COMMANDS = {"convert": cmd_convert, "inspect": cmd_inspect, "import-mcunet": cmd_import_mcunet,
+            "train": cmd_train, "export": cmd_export}
 
 
 def main(argv: list) -> None:

@@ -53,10 +53,18 @@ class TflmSession:
 
     def invoke(self, inputs: list) -> list:
         """Sets every model input (in order), runs the graph once, returns every output."""
+        return self._worker.call("invoke", "invoke", self._input_arrays(inputs))
+
+    def time_invokes(self, inputs: list, count: int) -> list:
+        """Seconds of each of `count` invokes on `inputs`, timed inside the worker (no IPC)."""
+        if count < 1:
+            raise UserError(f"count must be at least 1, got {count}")
+        return self._worker.call("time_invokes", "time invokes", self._input_arrays(inputs), count)
+
+    def _input_arrays(self, inputs: list) -> list:
         if len(inputs) != self.num_inputs:
             raise UserError(f"the model has {self.num_inputs} inputs, got {len(inputs)} arrays")
-        arrays = [np.ascontiguousarray(a) for a in inputs]
-        return self._worker.call("invoke", "invoke", arrays)
+        return [np.ascontiguousarray(a) for a in inputs]
 
     def reset(self) -> None:
         """Zeroes the variable tensors (TFLM's Reset), e.g. to restart training."""

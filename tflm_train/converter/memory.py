@@ -9,19 +9,36 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from tflm_train import ir
 
 ALIGNMENT = 16
 
-# Per-interpreter bookkeeping in the persistent tail, measured on the pinned
-# tflite-micro wheel (x86-64): one TfLiteEvalTensor per tensor, one
-# NodeAndRegistration per op, and op data (per-channel multipliers and shifts
-# for quantized conv-like ops).
+# Persistent bookkeeping in the tail, calibrated against the pinned tflite-micro
+# wheel (x86-64, 64-bit pointers: a 32-bit MCU needs less) with
+# `tflm-train inspect --measure`: one TfLiteEvalTensor per tensor, one
+# NodeAndRegistration per op, a persistent TfLiteTensor per graph input/output
+# (plus its quantization params when int8), the allocator and planner objects.
 EVAL_TENSOR_BYTES = 24
 NODE_BYTES = 64
-OP_DATA_BYTES = 128
-PER_CHANNEL_OP_DATA_BYTES = 8
-PER_CHANNEL_KINDS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TFLT_CONV_2D_SPLIT")
+IO_TENSOR_BYTES = 64
+IO_QUANTIZATION_BYTES = 32
+INTERPRETER_BYTES = 512
+# Per op: the kernel's op data (16-byte aligned) plus TFLM's parsed builtin
+# options; for ours, sizeof(OpData) of micro/kernels/*.cc rounded up to 16.
+OP_DATA_BYTES = {
+    "CONV_2D": 80 + 28, "DEPTHWISE_CONV_2D": 80 + 28, "FULLY_CONNECTED": 80 + 16,
+    "AVERAGE_POOL_2D": 32 + 40, "SOFTMAX": 96 + 4, "RESHAPE": 36, "ADD": 64 + 8,
+    "MEAN": 68, "PAD": 64, "QUANTIZE": 32, "DEQUANTIZE": 32, "SLICE": 0,
+    "TFLT_TRAIN_INIT": 16, "TFLT_SOFTMAX_XENT": 16, "TFLT_CONV_2D_SPLIT": 160,
+    "TFLT_CONV_GRAD_UPDATE": 144, "TFLT_CONV_INPUT_GRAD": 144, "TFLT_DEPTHWISE_INPUT_GRAD": 112,
+    "TFLT_MEAN_GRAD": 16, "TFLT_CONV_WEIGHT_GRAD": 144, "TFLT_BIAS_GRAD": 80, "TFLT_SGD_UPDATE": 32,
+}
+OTHER_OP_DATA_BYTES = 64      # a kind not calibrated above
+# Per-channel-quantized weights: two arrays (multiplier, shift), an int32 per output channel in each.
+PER_CHANNEL_OP_DATA_BYTES = 4
+PER_CHANNEL_KINDS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 def align(n: int) -> int:
@@ -92,8 +109,23 @@ def estimate(graph: ir.Graph) -> MemoryEstimate:
     _, planned = greedy_offsets(buffers)
     timeline = [sum(b.size for b in buffers if b.first <= i <= b.last) for i in range(len(graph.ops))]
     variables = sum(align(t.nbytes) for t in graph.referenced_tensors() if t.is_variable)
-    overhead = (EVAL_TENSOR_BYTES * len(graph.referenced_tensors()) + NODE_BYTES * len(graph.ops)
-                + sum(OP_DATA_BYTES + PER_CHANNEL_OP_DATA_BYTES * op.outputs[0].shape[-1]
-                      if op.kind in PER_CHANNEL_KINDS else 0 for op in graph.ops))
+    overhead = bookkeeping_bytes(graph)
     return MemoryEstimate(planned + variables + overhead, planned, variables, overhead, timeline,
                           max(timeline, default=0))
+
+
+def bookkeeping_bytes(graph: ir.Graph) -> int:
+    """The interpreter's persistent tail apart from variables."""
+    io = list(graph.inputs) + list(graph.outputs)
+    return (INTERPRETER_BYTES + EVAL_TENSOR_BYTES * len(graph.referenced_tensors())
+            + NODE_BYTES * len(graph.ops) + IO_TENSOR_BYTES * len(io)
+            + IO_QUANTIZATION_BYTES * sum(t.dtype == np.int8 for t in io)
+            + sum(op_data_bytes(op) for op in graph.ops))
+
+
+def op_data_bytes(op: ir.Op) -> int:
+    size = OP_DATA_BYTES.get(op.kind, OTHER_OP_DATA_BYTES)
+    weight = op.inputs[1] if op.kind in PER_CHANNEL_KINDS and len(op.inputs) > 1 else None
+    if weight is not None and weight.quant is not None and weight.quant.per_channel:
+        size += 2 * align(PER_CHANNEL_OP_DATA_BYTES * weight.quant.scale.size)
+    return size

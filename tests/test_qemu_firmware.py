@@ -1,0 +1,62 @@
+"""micro/core on emulated Cortex-M4 (mps2-an386) and Cortex-M7 (mps2-an500):
+one training step of the case from tools/gen_firmware_case.py, every op's
+results bit-identical to the numpy reference (tools/qemu_firmware.py)."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_tool():
+    sys.path.insert(0, str(REPO / "tools"))
+    spec = importlib.util.spec_from_file_location("qemu_firmware", REPO / "tools" / "qemu_firmware.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+qemu_firmware = _load_tool()
+_MISSING = qemu_firmware.tools_missing()
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"{_MISSING} not installed")
+
+EXPECTED_OPS = {"TFLT_TRAIN_INIT", "TFLT_CONV_2D_SPLIT", "TFLT_SOFTMAX_XENT", "TFLT_CONV_INPUT_GRAD (fc)",
+                "TFLT_CONV_GRAD_UPDATE (fc)", "TFLT_MEAN_GRAD", "TFLT_DEPTHWISE_INPUT_GRAD",
+                "TFLT_CONV_WEIGHT_GRAD (depthwise)", "TFLT_BIAS_GRAD", "TFLT_SGD_UPDATE (weight)",
+                "TFLT_SGD_UPDATE (bias)", "TFLT_CONV_INPUT_GRAD (split conv)",
+                "TFLT_CONV_GRAD_UPDATE (split conv)"}
+RAM_LIMIT = 256 * 1024
+
+
+@pytest.mark.parametrize("target", sorted(qemu_firmware.MACHINES))
+def test_training_step_matches_reference_on_emulated_mcu(target, tmp_path):
+    run = qemu_firmware.run(target, qemu_firmware.build(target, tmp_path))
+    assert run.passed, run.output
+    assert {op.name for op in run.ops} == EXPECTED_OPS
+    assert run.instructions_per_tick > 0, "SysTick did not advance under -icount"
+    assert all(op.instructions > 0 for op in run.ops), qemu_firmware.format_table([run])
+    assert 0 < run.ram_bytes <= RAM_LIMIT
+
+
+def test_another_seed_also_matches(tmp_path):
+    run = qemu_firmware.run("cortex-m4", qemu_firmware.build("cortex-m4", tmp_path, seed=7))
+    assert run.passed, run.output
+
+
+def test_a_wrong_expectation_is_reported(tmp_path):
+    """The firmware's comparison can fail: one changed expected bias element fails exactly its op."""
+    qemu_firmware.build("cortex-m4", tmp_path)
+    header = tmp_path / "training_case.h"
+    text = header.read_text()
+    match = re.search(r"const float expected_db2\[\d+\] = \{([^,]+),", text)
+    header.write_text(text.replace(match.group(0), match.group(0).replace(match.group(1), "0x1.8p+100f"), 1))
+    elf = qemu_firmware.link("cortex-m4", tmp_path)  # against the edited case
+    run = qemu_firmware.run("cortex-m4", elf)
+    assert run.exit_status != 0 and "RESULT FAIL" in run.output
+    assert [op.name for op in run.ops if not op.passed] == ["TFLT_BIAS_GRAD"]
