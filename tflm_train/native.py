@@ -42,7 +42,7 @@ COMPILER = "g++"
 COMPILE_FLAGS = (
     "-std=c++17", "-O2", "-fPIC", "-ffp-contract=off", "-fno-exceptions", "-fno-rtti",
     "-fvisibility=hidden", "-fvisibility-inlines-hidden",
-    "-DTF_LITE_STATIC_MEMORY=1", "-DUSE_TFLM_COMPRESSION=1",
+    "-DTF_LITE_STATIC_MEMORY=1", "-DUSE_TFLM_COMPRESSION=1", "-DTFLM_TRAIN_ABI_CANARY",
 )
 LINK_FLAGS = ("-shared", "-Wl,--no-undefined")
 

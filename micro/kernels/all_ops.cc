@@ -8,7 +8,10 @@ namespace tflm_train {
 
 const KernelOps* TrainingOps(int* count) {
   static const KernelOps kOps[] = {
+#ifdef TFLM_TRAIN_ABI_CANARY
+      // Host builds only: the op the ABI canary test runs (tests/test_tflm_abi.py).
       AbiCanaryOp(),
+#endif
       TrainInitOp(),
       SoftmaxXentOp(),
       ConvInputGradOp(),

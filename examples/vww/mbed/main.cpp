@@ -21,7 +21,7 @@ constexpr float kLearningRate = 0.05f;
 constexpr int kImageInput = 0, kLabelInput = 1, kLearningRateInput = 2;
 constexpr int kScoresOutput = 0, kLossOutput = 1;
 constexpr int kBuiltinOps = 8;   // the model's builtins (`tflm-train inspect`)
-constexpr int kTrainingOps = 11; // AddTrainingOps: 10 training ops + the ABI canary
+constexpr int kTrainingOps = 10;  // the TFLT_* ops AddTrainingOps registers
 
 alignas(16) uint8_t arena[kArenaSize];
 

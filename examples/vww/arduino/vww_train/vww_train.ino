@@ -29,7 +29,7 @@ constexpr int kScoresOutput = 0, kLossOutput = 1;
 // The model's builtins (see `tflm-train inspect`) plus what AddTrainingOps
 // registers: the 10 training ops and the ABI canary op.
 constexpr int kBuiltinOps = 8;
-constexpr int kTrainingOps = 11;
+constexpr int kTrainingOps = 10;
 
 alignas(16) uint8_t arena[kArenaSize];
 tflite::MicroMutableOpResolver<kBuiltinOps + kTrainingOps> resolver;
