@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,7 +37,11 @@ RAM_LIMIT = 256 * 1024
 
 @pytest.mark.parametrize("target", sorted(qemu_firmware.MACHINES))
 def test_training_step_matches_reference_on_emulated_mcu(target, tmp_path):
-    run = qemu_firmware.run(target, qemu_firmware.build(target, tmp_path))
+    elf = qemu_firmware.build(target, tmp_path)
+    symbols = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    # The whole linked image, libgcc included, is free of double-precision arithmetic.
+    assert not re.search(r"__aeabi_(d[a-z]|f2d|l2d|f2lz)", symbols)
+    run = qemu_firmware.run(target, elf)
     assert run.passed, run.output
     assert {op.name for op in run.ops} == EXPECTED_OPS
     assert run.instructions_per_tick > 0, "SysTick did not advance under -icount"

@@ -55,16 +55,22 @@ float UpdateRule::RoundedStep(float g, float qas, int32_t element) const {
 
 int8_t ApplyStep(int8_t old, float r) {
   if (std::isnan(r)) return old;
-  const int64_t updated = static_cast<int64_t>(old) -
-                          static_cast<int64_t>(Clamp(r, kMaxInt8Step));
+  const int32_t updated = static_cast<int32_t>(old) -
+                          static_cast<int32_t>(Clamp(r, kMaxInt8Step));
   return static_cast<int8_t>(Clamp(updated, -127, 127));
 }
 
 int32_t ApplyStep(int32_t old, float r) {
   if (std::isnan(r)) return old;
-  const int64_t updated = static_cast<int64_t>(old) -
-                          static_cast<int64_t>(Clamp(r, kMaxInt32Step));
-  return static_cast<int32_t>(Clamp(updated, INT32_MIN, INT32_MAX));
+  // r is integral and |r| <= 2^32. Converting it to int64 directly pulls in
+  // libgcc's double-precision helpers on single-precision FPUs, so split it
+  // into two exact int32 parts: r = high * 2^16 + low.
+  const float clamped = Clamp(r, kMaxInt32Step);
+  const float high = std::floor(clamped * (1.0f / 65536.0f));
+  const float low = clamped - high * 65536.0f;
+  const int64_t step = static_cast<int64_t>(static_cast<int32_t>(high)) * 65536 +
+                       static_cast<int32_t>(low);
+  return static_cast<int32_t>(Clamp(static_cast<int64_t>(old) - step, INT32_MIN, INT32_MAX));
 }
 
 void SgdUpdate(const UpdateRule& rule, const ChannelAxis& axis,
