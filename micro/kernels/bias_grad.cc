@@ -41,10 +41,6 @@ bool Validate(KernelContext& ctx, OpData& data) {
   return true;
 }
 
-Status Prepare(KernelContext& ctx, void* op_data) {
-  return kernels::ToStatus(Validate(ctx, *static_cast<OpData*>(op_data)));
-}
-
 Status Eval(KernelContext& ctx, void* op_data) {
   const OpData& data = *static_cast<const OpData*>(op_data);
   kernels::EvalTensors tensors(ctx, kName);
@@ -65,7 +61,8 @@ Status Eval(KernelContext& ctx, void* op_data) {
 }  // namespace
 
 const KernelOps& BiasGradOp() {
-  static constexpr KernelOps ops{kName, Init, Prepare, Eval};
+  static constexpr KernelOps ops{kName, Init, kernels::PrepareWith<OpData, Validate>,
+                                 Eval};
   return ops;
 }
 

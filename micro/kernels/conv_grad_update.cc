@@ -75,10 +75,6 @@ bool Validate(KernelContext& ctx, OpData& data) {
   return true;
 }
 
-Status Prepare(KernelContext& ctx, void* op_data) {
-  return kernels::ToStatus(Validate(ctx, *static_cast<OpData*>(op_data)));
-}
-
 Status Eval(KernelContext& ctx, void* op_data) {
   const OpData& data = *static_cast<const OpData*>(op_data);
   const bool has_bias = data.bias_channels > 0;
@@ -111,7 +107,8 @@ Status Eval(KernelContext& ctx, void* op_data) {
 }  // namespace
 
 const KernelOps& ConvGradUpdateOp() {
-  static constexpr KernelOps ops{kName, Init, Prepare, Eval};
+  static constexpr KernelOps ops{kName, Init, kernels::PrepareWith<OpData, Validate>,
+                                 Eval};
   return ops;
 }
 

@@ -36,10 +36,6 @@ bool Validate(KernelContext& ctx, OpData& data) {
                                      x, &data.spec);
 }
 
-Status Prepare(KernelContext& ctx, void* op_data) {
-  return kernels::ToStatus(Validate(ctx, *static_cast<OpData*>(op_data)));
-}
-
 Status Eval(KernelContext& ctx, void* op_data) {
   const OpData& data = *static_cast<const OpData*>(op_data);
   kernels::EvalTensors tensors(ctx, kName);
@@ -62,7 +58,8 @@ Status Eval(KernelContext& ctx, void* op_data) {
 }  // namespace
 
 const KernelOps& ConvWeightGradOp() {
-  static constexpr KernelOps ops{kName, Init, Prepare, Eval};
+  static constexpr KernelOps ops{kName, Init, kernels::PrepareWith<OpData, Validate>,
+                                 Eval};
   return ops;
 }
 

@@ -28,6 +28,13 @@ struct Filter {
 
 inline Status ToStatus(bool ok) { return ok ? Status::kOk : Status::kError; }
 
+// Prepare of an op whose checks live in `Validate(ctx, op_data)`: every
+// training op validates its tensors and fixes its sizes the same way.
+template <typename OpData, bool (*Validate)(KernelContext&, OpData&)>
+Status PrepareWith(KernelContext& ctx, void* op_data) {
+  return ToStatus(Validate(ctx, *static_cast<OpData*>(op_data)));
+}
+
 // Allocates zero-initialised op data in the persistent arena.
 template <typename OpData>
 OpData* NewOpData(KernelContext& ctx, const char* op) {

@@ -42,10 +42,6 @@ bool Validate(KernelContext& ctx, OpData& data) {
                                       data.options.input_width, data.channels});
 }
 
-Status Prepare(KernelContext& ctx, void* op_data) {
-  return kernels::ToStatus(Validate(ctx, *static_cast<OpData*>(op_data)));
-}
-
 Status Eval(KernelContext& ctx, void* op_data) {
   const OpData& data = *static_cast<const OpData*>(op_data);
   kernels::EvalTensors tensors(ctx, kName);
@@ -62,7 +58,8 @@ Status Eval(KernelContext& ctx, void* op_data) {
 }  // namespace
 
 const KernelOps& MeanGradOp() {
-  static constexpr KernelOps ops{kName, Init, Prepare, Eval};
+  static constexpr KernelOps ops{kName, Init, kernels::PrepareWith<OpData, Validate>,
+                                 Eval};
   return ops;
 }
 
