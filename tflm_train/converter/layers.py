@@ -2,38 +2,27 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 from tflite_micro.tensorflow.lite.python import schema_py_generated as schema
 
 from tflm_train import ir
 from tflm_train.errors import UserError
+from tflm_train.kernels_grad.common import Window, resolve_padding
 from tflm_train.reference.quantization import activation_range
 
 
 @dataclasses.dataclass(frozen=True)
 class Geometry:
-    stride_h: int = 1
-    stride_w: int = 1
-    dilation_h: int = 1
-    dilation_w: int = 1
-    pad_top: int = 0
-    pad_left: int = 0
+    window: Window = Window()
     input_height: int = 1
     input_width: int = 1
     input_channels: int = 1
     depth_multiplier: int = 1
 
     def conv_fields(self) -> dict:
-        return dict(stride_h=self.stride_h, stride_w=self.stride_w, dilation_h=self.dilation_h,
-                    dilation_w=self.dilation_w, pad_top=self.pad_top, pad_left=self.pad_left)
-
-
-def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> int:
-    out = math.ceil(size / stride)
-    effective = (kernel - 1) * dilation + 1
-    return max((out - 1) * stride + effective - size, 0) // 2
+        """The window as the options tables name its fields (stride_h, ..., pad_left)."""
+        return dataclasses.asdict(self.window)
 
 
 def geometry(op: ir.Op) -> Geometry:
@@ -42,13 +31,13 @@ def geometry(op: ir.Op) -> Geometry:
         return Geometry(input_channels=w.shape[-1])
     opts = op.options
     _, h, wd, c = x.shape
-    kh, kw = w.shape[1], w.shape[2]
     sh, sw = opts.strideH, opts.strideW
     dh, dw = max(opts.dilationHFactor, 1), max(opts.dilationWFactor, 1)
-    same = opts.padding == schema.Padding.SAME
-    return Geometry(sh, sw, dh, dw,
-                    _same_pad(h, kh, sh, dh) if same else 0, _same_pad(wd, kw, sw, dw) if same else 0,
-                    h, wd, c, (opts.depthMultiplier or 1) if op.kind == "DEPTHWISE_CONV_2D" else 1)
+    padding = "SAME" if opts.padding == schema.Padding.SAME else "VALID"
+    _, pad_top = resolve_padding(padding, h, w.shape[1], sh, dh)
+    _, pad_left = resolve_padding(padding, wd, w.shape[2], sw, dw)
+    return Geometry(Window(sh, sw, dh, dw, pad_top, pad_left), h, wd, c,
+                    (opts.depthMultiplier or 1) if op.kind == "DEPTHWISE_CONV_2D" else 1)
 
 
 def fused_activation(op: ir.Op) -> int:
