@@ -119,20 +119,6 @@ class Graph:
     def producers(self) -> dict:
         return {id(t): op for op in self.ops for t in op.outputs}
 
-    def consumers(self) -> dict:
-        users: dict = {}
-        for op in self.ops:
-            for t in op.inputs:
-                if t is not None:
-                    users.setdefault(id(t), []).append(op)
-        return users
-
-    def tensor_by_name(self, name: str) -> Tensor:
-        for t in self.tensors:
-            if t.name == name:
-                return t
-        raise KeyError(name)
-
     def referenced_tensors(self) -> list:
         used = {id(t) for t in self.inputs + self.outputs}
         for op in self.ops:

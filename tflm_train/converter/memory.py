@@ -60,7 +60,6 @@ class MemoryEstimate:
     variable_bytes: int
     overhead_bytes: int
     timeline: list              # per op: bytes of planned tensors live during it
-    lower_bound_bytes: int      # max over ops of simultaneously live planned bytes
 
 
 def lifetimes(graph: ir.Graph) -> list:
@@ -110,8 +109,7 @@ def estimate(graph: ir.Graph) -> MemoryEstimate:
     timeline = [sum(b.size for b in buffers if b.first <= i <= b.last) for i in range(len(graph.ops))]
     variables = sum(align(t.nbytes) for t in graph.referenced_tensors() if t.is_variable)
     overhead = bookkeeping_bytes(graph)
-    return MemoryEstimate(planned + variables + overhead, planned, variables, overhead, timeline,
-                          max(timeline, default=0))
+    return MemoryEstimate(planned + variables + overhead, planned, variables, overhead, timeline)
 
 
 def bookkeeping_bytes(graph: ir.Graph) -> int:

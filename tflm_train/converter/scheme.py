@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Optional
 
 from tflm_train import ir
 from tflm_train.errors import UserError
@@ -47,12 +46,6 @@ class LayerUpdate:
 class Scheme:
     updates: list                 # LayerUpdate, in forward order
     source: dict                  # the JSON as given
-
-    def update_for(self, op: ir.Op) -> Optional[LayerUpdate]:
-        for u in self.updates:
-            if u.op is op:
-                return u
-        return None
 
     def to_json(self, graph: ir.Graph) -> str:
         index = {id(op): i for i, op in enumerate(graph.ops)}
