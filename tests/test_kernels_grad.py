@@ -316,6 +316,30 @@ def test_vectorised_sums_keep_the_contract_order(stride, dilation, pad):
     assert (bits(dw) == bits(expected)).all()
 
 
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_input_grad_with_the_pad_folded_in_equals_the_sliced_padded_grad(depthwise):
+    """The converter folds PAD's SLICE into the input-gradient op (kernels_grad/pad.py): same bits."""
+    rng = np.random.default_rng(3)
+    size, channels, (top, bottom, left, right), stride, k = 8, 3, (3, 2, 1, 0), 2, 5
+    padded_h, padded_w = size + top + bottom, size + left + right
+    out_h, out_w = (padded_h - k) // stride + 1, (padded_w - k) // stride + 1
+    out_channels = channels if depthwise else 4
+    g = (rng.standard_normal((1, out_h, out_w, out_channels)) * 10.0 ** rng.integers(-3, 4, (1, out_h, out_w, 1))
+         ).astype(F32)
+    w_scale = rng.uniform(0.5, 2, out_channels).astype(F32)
+    w = rng.integers(-127, 128, (1, k, k, channels) if depthwise else (out_channels, k, k, channels)).astype(np.int8)
+
+    def input_grad(pad_top, pad_left, height, width):
+        common = dict(stride_h=stride, stride_w=stride, pad_top=pad_top, pad_left=pad_left, input_height=height,
+                      input_width=width, input_channels=channels)
+        if depthwise:
+            return depthwise_conv.depthwise_input_grad(g, None, w, w_scale, **common)
+        return conv.conv_input_grad(g, None, w, None, w_scale, **common)
+
+    sliced = input_grad(0, 0, padded_h, padded_w)[:, top:top + size, left:left + size]
+    assert (bits(input_grad(top, left, size, size)) == bits(sliced)).all()
+
+
 # ---------------------------------------------------------------- exp_ref and the activation mask
 
 def test_exp_ref_accuracy_and_range():

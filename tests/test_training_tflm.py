@@ -53,7 +53,7 @@ def _strided_mean_model(seed: int) -> bytes:
 
 
 def _residual_flatten_model(seed: int) -> bytes:
-    """conv(k, SAME) → dilated conv → conv(s2, VALID) → [dw → pw] + skip → flatten → FC."""
+    """conv(k, SAME) → dilated conv → conv(s2, VALID) → [PAD → (dw + dw) → pw] + skip → flatten → FC."""
     import tensorflow as tf
     rng = np.random.default_rng(seed)
     tf.keras.utils.set_random_seed(seed)
@@ -66,8 +66,12 @@ def _residual_flatten_model(seed: int) -> bytes:
     x = layers.Conv2D(int(rng.choice([3, 5])), 3, dilation_rate=2, padding="same", activation=_activation(rng),
                       bias_initializer="random_normal")(x)
     x = layers.Conv2D(width, 3, strides=2, padding="valid", activation=_activation(rng), bias_initializer="random_normal")(x)
-    y = layers.DepthwiseConv2D(int(rng.choice([3, 5])), padding="same", activation=_activation(rng),
-                               bias_initializer="random_normal")(x)
+    k = int(rng.choice([3, 5]))
+    # A one-sided PAD read by two depthwise convs: its gradient is a sum, so the stock SLICE cuts it
+    # (a PAD read by one conv folds into that conv's input-gradient op, as in _strided_mean_model).
+    padded = layers.ZeroPadding2D(((k - 1, 0), (k - 1, 0)))(x)
+    y = layers.Add()([layers.DepthwiseConv2D(k, padding="valid", activation=_activation(rng),
+                                             bias_initializer="random_normal")(padded) for _ in range(2)])
     y = layers.Conv2D(width, 1, bias_initializer="random_normal")(y)
     x = layers.Add()([x, y])
     x = layers.Flatten()(x)

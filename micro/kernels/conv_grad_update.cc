@@ -50,9 +50,11 @@ bool Validate(KernelContext& ctx, OpData& data) {
   if (!check.Counts(kX + 1, kNumInputs, 0) || !check.Label(kLabel, &label) ||
       !check.TrainingStep(kLr, kState) ||
       !check.Gradient(kDy, kY, opt.act_min, opt.act_max, &dy, &data.has_y) ||
-      !check.Required(kX, "x", &x) || !check.Type(x, "x", DType::kInt8) ||
       !OptionalPair(check, kWTrain, kWQas, "w_qas",
                     dy.c, &w_train, &data.has_weight) ||
+      // x only feeds the weight gradient.
+      (data.has_weight && (!check.Required(kX, "x", &x) ||
+                           !check.Type(x, "x", DType::kInt8))) ||
       !OptionalPair(check, kBTrain, kBQas, "b_qas",
                     dy.c, &b_train, &has_bias)) {
     return false;
@@ -84,7 +86,7 @@ Status Eval(KernelContext& ctx, void* op_data) {
   const int32_t* state = tensors.In<const int32_t>(kState);
   const float* dy = tensors.In<const float>(kDy);
   const int8_t* y = tensors.In<const int8_t>(kY, data.has_y);
-  const int8_t* x = tensors.In<const int8_t>(kX);
+  const int8_t* x = tensors.In<const int8_t>(kX, data.has_weight);
   core::TrainableParam<int8_t> weight;
   weight.data = tensors.In<int8_t>(kWTrain, data.has_weight);
   weight.qas = tensors.In<const float>(kWQas, data.has_weight);

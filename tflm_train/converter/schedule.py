@@ -48,7 +48,9 @@ def _fused_update(ctx, request: UpdateRequest, rounding: int) -> ir.Op:
     lp = ctx.params_of(request.layer)
     y, _, _ = layers.activation_bounds(request.layer)
     w, b = lp.weight, lp.bias
-    inputs = [ctx.io.label, ctx.io.learning_rate, ctx.io.state, request.dy, y, request.layer.inputs[0],
+    # x only for a weight gradient: a bias-only layer must not keep its input alive until the backward.
+    x = request.layer.inputs[0] if w else None
+    inputs = [ctx.io.label, ctx.io.learning_rate, ctx.io.state, request.dy, y, x,
               w and w.variable, w and w.qas_scale, b and b.variable, b and b.qas_scale]
     return ir.Op("TFLT_CONV_GRAD_UPDATE", inputs, [], custom=True, role="update",
                  custom_options=_update_options(request, lp, rounding).to_bytes())
