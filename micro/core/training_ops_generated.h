@@ -288,6 +288,42 @@ inline bool ReadSplitConvOptions(const uint8_t* buf, size_t size, SplitConvOptio
   return true;
 }
 
+// Options of TFLT_DEPTHWISE_CONV_2D.
+struct DepthwiseConvOptions {
+  int32_t stride_h = 1;
+  int32_t stride_w = 1;
+  int32_t dilation_h = 1;
+  int32_t dilation_w = 1;
+  int32_t pad_top = 0;
+  int32_t pad_left = 0;
+  int32_t x_zero_point = 0;
+  int32_t y_zero_point = 0;
+  int32_t act_min = -128;
+  int32_t act_max = 127;
+  int32_t depth_multiplier = 1;
+};
+
+inline bool ReadDepthwiseConvOptions(const uint8_t* buf, size_t size, DepthwiseConvOptions* out) {
+  DepthwiseConvOptions options;
+  detail::Table table;
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) &&
+                     detail::ReadField(table, 0, &options.stride_h) &&
+                     detail::ReadField(table, 1, &options.stride_w) &&
+                     detail::ReadField(table, 2, &options.dilation_h) &&
+                     detail::ReadField(table, 3, &options.dilation_w) &&
+                     detail::ReadField(table, 4, &options.pad_top) &&
+                     detail::ReadField(table, 5, &options.pad_left) &&
+                     detail::ReadField(table, 6, &options.x_zero_point) &&
+                     detail::ReadField(table, 7, &options.y_zero_point) &&
+                     detail::ReadField(table, 8, &options.act_min) &&
+                     detail::ReadField(table, 9, &options.act_max) &&
+                     detail::ReadField(table, 10, &options.depth_multiplier))) {
+    return false;
+  }
+  *out = options;
+  return true;
+}
+
 }  // namespace tflm_train::schema
 
 #endif  // TFLM_TRAIN_MICRO_CORE_TRAINING_OPS_GENERATED_H_

@@ -92,6 +92,20 @@ void PrintFields(const s::SplitConvOptions& options) {
   FIELD(act_max);
 }
 
+void PrintFields(const s::DepthwiseConvOptions& options) {
+  FIELD(stride_h);
+  FIELD(stride_w);
+  FIELD(dilation_h);
+  FIELD(dilation_w);
+  FIELD(pad_top);
+  FIELD(pad_left);
+  FIELD(x_zero_point);
+  FIELD(y_zero_point);
+  FIELD(act_min);
+  FIELD(act_max);
+  FIELD(depth_multiplier);
+}
+
 template <typename Options>
 int ReadAll(bool (*read)(const uint8_t*, size_t, Options*)) {
   uint8_t header[4];
@@ -125,6 +139,7 @@ int main(int argc, char** argv) {
   if (!std::strcmp(table, "ConvUpdateOptions")) return ReadAll(s::ReadConvUpdateOptions);
   if (!std::strcmp(table, "SgdUpdateOptions")) return ReadAll(s::ReadSgdUpdateOptions);
   if (!std::strcmp(table, "SplitConvOptions")) return ReadAll(s::ReadSplitConvOptions);
+  if (!std::strcmp(table, "DepthwiseConvOptions")) return ReadAll(s::ReadDepthwiseConvOptions);
   std::fprintf(stderr, "usage: %s <OptionsTable> < records\n", argv[0]);
   return 2;
 }

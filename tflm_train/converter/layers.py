@@ -9,7 +9,7 @@ from tflite_micro.tensorflow.lite.python import schema_py_generated as schema
 from tflm_train import ir
 from tflm_train.errors import UserError
 from tflm_train.kernels_grad.common import Window, resolve_padding
-from tflm_train.reference.quantization import activation_range
+from tflm_train.reference.quantization import activation_range, quantize_multiplier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,36 @@ def weight_scales(op: ir.Op) -> np.ndarray:
     w = op.inputs[1]
     scale = np.asarray(w.quant.scale, np.float64)
     return np.broadcast_to(scale, (output_channels(op),)).copy() if scale.size == 1 else scale
+
+
+def requantization(graph: ir.Graph, op: ir.Op) -> tuple:
+    """Flash constants (multiplier, shift), int32 `[O]`, of a layer's per-channel output rescale
+    s_x * s_w[o] / s_y, computed in double exactly as TFLM's Prepare computes them."""
+    s_x, s_y = float(op.inputs[0].quant.scale[0]), float(op.outputs[0].quant.scale[0])
+    pairs = [quantize_multiplier(s_x * float(s_w) / s_y) for s_w in weight_scales(op)]
+    name = op.outputs[0].name
+    multiplier = graph.add_tensor(ir.Tensor(f"{name}/multiplier", (len(pairs),), np.int32,
+                                            np.array([m for m, _ in pairs], np.int32)))
+    shift = graph.add_tensor(ir.Tensor(f"{name}/shift", (len(pairs),), np.int32,
+                                       np.array([s for _, s in pairs], np.int32)))
+    return multiplier, shift
+
+
+def flash_requantized_fields(graph: ir.Graph, op: ir.Op, x: ir.Tensor, leading_pad=(0, 0)) -> tuple:
+    """(fields, multiplier, shift) of an op of ours computing `op`'s int8 output with flash
+    requantisation constants, from `x`: the input `op` reads, or that input without its leading
+    zero-point padding `leading_pad` (top, left) (a folded PAD; the output shape fixes the rest).
+    `fields` are the options SplitConvOptions and DepthwiseConvOptions share: the window with
+    the padding added, the zero points and the activation range."""
+    y = op.outputs[0]
+    window = geometry(op).window
+    window = dataclasses.replace(window, pad_top=window.pad_top + int(leading_pad[0]),
+                                 pad_left=window.pad_left + int(leading_pad[1]))
+    _, act_min, act_max = activation_bounds(op)
+    multiplier, shift = requantization(graph, op)
+    fields = dict(dataclasses.asdict(window), x_zero_point=int(x.quant.zero_point[0]),
+                  y_zero_point=int(y.quant.zero_point[0]), act_min=act_min, act_max=act_max)
+    return fields, multiplier, shift
 
 
 def check_quantized_layer(op: ir.Op, index: int) -> None:

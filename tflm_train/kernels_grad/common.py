@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from tflm_train.errors import UserError
+from tflm_train.reference.quantization import requantize_int8
 from tflm_train.schema.training_ops_generated import Rounding
 
 F32 = np.float32
@@ -196,6 +197,17 @@ def effective_weight(w: np.ndarray, w_train) -> np.ndarray:
         train = as_filter(w_train)
         full[..., :train.shape[-1]] = train
     return full
+
+
+# ---------------------------------------------------------------- int8 forward
+
+def requantize_channels(acc, bias, multiplier, shift, y_zero_point: int, act_min: int, act_max: int) -> np.ndarray:
+    """The int8 output of per-channel int64 accumulators `[..., O]` (TFLM's int8 conv output
+    stage): plus bias (optional), wrapped to int32, requantised per channel, clamped."""
+    if bias is not None:
+        acc = acc + np.asarray(bias, np.int64).reshape(-1)   # wraps like int32 in the rescale
+    return requantize_int8(acc, np.asarray(multiplier, np.int64).reshape(-1), np.asarray(shift, np.int64).reshape(-1),
+                           y_zero_point, act_min, act_max)
 
 
 # ---------------------------------------------------------------- reference-executor plumbing

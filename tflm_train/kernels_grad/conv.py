@@ -8,9 +8,8 @@ import numpy as np
 from tflm_train.kernels_grad import depthwise_conv
 from tflm_train.kernels_grad.common import (F32, WINDOW_FIELDS, Window, activation_mask, as_image,
                                             decode_options, effective_weight, filter_shape, op_inputs, pick,
-                                            training_label, unspecified_outputs)
+                                            requantize_channels, training_label, unspecified_outputs)
 from tflm_train.kernels_grad.update import sgd_update
-from tflm_train.reference.quantization import multiply_by_quantized_multiplier
 from tflm_train.converter import layers
 from tflm_train.converter.autodiff import gradient_rule
 from tflm_train.reference.registry import kernel
@@ -117,11 +116,7 @@ def conv2d_split(x, w, w_train, bias, multiplier, shift, *, output_height, outpu
     for kh, kw, out_rows, out_cols, in_rows, in_cols in window.tap_views(
             weight.shape[1:3], acc.shape[:2], x_centered.shape[:2]):
         acc[out_rows, out_cols] += x_centered[in_rows, in_cols] @ weight[:, kh, kw, :].T
-    if bias is not None:
-        acc = acc + np.asarray(bias, np.int64).reshape(-1)   # wraps like int32 in the rescale
-    scaled = multiply_by_quantized_multiplier(acc, np.asarray(multiplier, np.int64).reshape(-1),
-                                              np.asarray(shift, np.int64).reshape(-1))
-    return np.clip(scaled + y_zero_point, act_min, act_max).astype(np.int8)[None]
+    return requantize_channels(acc, bias, multiplier, shift, y_zero_point, act_min, act_max)[None]
 
 
 # ---------------------------------------------------------------- reference-executor kernels

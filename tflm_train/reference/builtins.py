@@ -65,11 +65,6 @@ def _unsupported(op, *dtypes):
     return UserError(f"{op.kind}: no reference kernel for {types} tensors")
 
 
-def _requantize_int8(acc, multiplier, shift, zero_point: int, lo: int, hi: int) -> np.ndarray:
-    out = q.multiply_by_quantized_multiplier(acc, multiplier, shift) + zero_point
-    return np.clip(out, lo, hi).astype(np.int8)
-
-
 def _exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Integer a @ b through float64 BLAS: exact, as every partial sum of products of
     zero-point-shifted int8 values (|p| <= 255^2, fewer than 2^36 of them) is an
@@ -202,7 +197,7 @@ def _conv_int8(op, x, w, bias, win) -> np.ndarray:
     if bias is not None:
         acc += bias.astype(np.int64)
     lo, hi = q.activation_range(_activation(op), y_scale, y_zp)
-    return _requantize_int8(acc, multiplier, shift, y_zp, lo, hi)
+    return q.requantize_int8(acc, multiplier, shift, y_zp, lo, hi)
 
 
 def _conv_float(op, x, w, bias, win) -> np.ndarray:
@@ -243,7 +238,7 @@ def _depthwise_int8(op, x, w, bias, win, depth_multiplier: int) -> np.ndarray:
     if bias is not None:
         acc += bias.astype(np.int64)
     lo, hi = q.activation_range(_activation(op), y_scale, y_zp)
-    return _requantize_int8(acc, multiplier, shift, y_zp, lo, hi)
+    return q.requantize_int8(acc, multiplier, shift, y_zp, lo, hi)
 
 
 def _depthwise_float(op, x, w, bias, win, depth_multiplier: int) -> np.ndarray:
@@ -294,7 +289,7 @@ def _fully_connected_int8(op, rows, w, bias) -> np.ndarray:
     if bias is not None:
         acc += bias.astype(np.int64)
     lo, hi = q.activation_range(_activation(op), y_scale, y_zp)
-    return _requantize_int8(acc, multiplier, shift, y_zp, lo, hi)
+    return q.requantize_int8(acc, multiplier, shift, y_zp, lo, hi)
 
 
 # ---------------------------------------------------------------- elementwise
@@ -339,7 +334,7 @@ def _add_int8(op, a, b) -> np.ndarray:
     scaled_a = q.multiply_by_quantized_multiplier((a.astype(np.int64) - a_zp) << _ADD_LEFT_SHIFT, a_mult, a_shift)
     scaled_b = q.multiply_by_quantized_multiplier((b.astype(np.int64) - b_zp) << _ADD_LEFT_SHIFT, b_mult, b_shift)
     lo, hi = q.activation_range(_activation(op), y_scale, y_zp)
-    return _requantize_int8(scaled_a + scaled_b, y_mult, y_shift, y_zp, lo, hi)
+    return q.requantize_int8(scaled_a + scaled_b, y_mult, y_shift, y_zp, lo, hi)
 
 
 @kernel("QUANTIZE")
@@ -358,7 +353,7 @@ def quantize(op, args):
     if x.dtype == np.int8:
         x_scale, x_zp = _per_tensor_quant(op, op.inputs[0])
         multiplier, shift = q.quantize_multiplier(x_scale / y_scale)
-        return [_requantize_int8(x.astype(np.int64) - x_zp, multiplier, shift, y_zp, _INT8_MIN, _INT8_MAX)]
+        return [q.requantize_int8(x.astype(np.int64) - x_zp, multiplier, shift, y_zp, _INT8_MIN, _INT8_MAX)]
     raise _unsupported(op, x.dtype)
 
 
@@ -417,7 +412,7 @@ def _mean_int8(op, terms: np.ndarray, count: int) -> np.ndarray:
     shift -= count_shift
     total = q.wrap_int32(terms.astype(np.int64).sum(axis=-1))
     centered = q.wrap_int32(total - x_zp * count)
-    return _requantize_int8(centered, multiplier, shift, y_zp, _INT8_MIN, _INT8_MAX)
+    return q.requantize_int8(centered, multiplier, shift, y_zp, _INT8_MIN, _INT8_MAX)
 
 
 @kernel("AVERAGE_POOL_2D")

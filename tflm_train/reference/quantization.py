@@ -76,6 +76,13 @@ def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, multiplier), right)
 
 
+def requantize_int8(acc, multiplier, shift, zero_point: int, lo: int, hi: int) -> np.ndarray:
+    """TFLM's int8 output stage: the int32 accumulator rescaled by (multiplier, shift),
+    offset by the output zero point and clamped to the activation range [lo, hi]."""
+    out = multiply_by_quantized_multiplier(acc, multiplier, shift) + zero_point
+    return np.clip(out, lo, hi).astype(np.int8)
+
+
 def round_half_away(x) -> np.ndarray:
     """C's round() on a float array (ties away from zero), exact in the array's precision."""
     x = np.asarray(x)

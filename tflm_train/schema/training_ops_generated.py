@@ -173,6 +173,36 @@ class SplitConvOptions(Table):
     )
 
 
+# Options of TFLT_DEPTHWISE_CONV_2D.
+@dataclass
+class DepthwiseConvOptions(Table):
+    stride_h: int = 1
+    stride_w: int = 1
+    dilation_h: int = 1
+    dilation_w: int = 1
+    pad_top: int = 0
+    pad_left: int = 0
+    x_zero_point: int = 0
+    y_zero_point: int = 0
+    act_min: int = -128
+    act_max: int = 127
+    depth_multiplier: int = 1
+
+    FIELDS = (
+        Field("stride_h", "scalar", "i", None, 1),
+        Field("stride_w", "scalar", "i", None, 1),
+        Field("dilation_h", "scalar", "i", None, 1),
+        Field("dilation_w", "scalar", "i", None, 1),
+        Field("pad_top", "scalar", "i", None, 0),
+        Field("pad_left", "scalar", "i", None, 0),
+        Field("x_zero_point", "scalar", "i", None, 0),
+        Field("y_zero_point", "scalar", "i", None, 0),
+        Field("act_min", "scalar", "i", None, -128),
+        Field("act_max", "scalar", "i", None, 127),
+        Field("depth_multiplier", "scalar", "i", None, 1),
+    )
+
+
 # One trainable parameter: an is_variable tensor seeded from a flash constant.
 @dataclass
 class Trainable(Table):
@@ -245,4 +275,5 @@ OPTIONS_BY_OP = {
     "TFLT_BIAS_GRAD": ConvUpdateOptions,
     "TFLT_SGD_UPDATE": SgdUpdateOptions,
     "TFLT_CONV_2D_SPLIT": SplitConvOptions,
+    "TFLT_DEPTHWISE_CONV_2D": DepthwiseConvOptions,
 }
