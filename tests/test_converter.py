@@ -57,11 +57,38 @@ def test_bias_only_stops_backprop_at_the_earliest_bias(small_model):
     assert [t.kind for t in md.trainables] == [1, 1, 1]
 
 
+def test_forward_lowering_keeps_narrow_convs_stock(small_model):
+    scheme = {"bias": "last 2", "classifier": True}
+    stock, lowered = convert(small_model, scheme, lower_forward=False), convert(small_model, scheme)
+    # 8-12 channels: TFLM's 8 bytes per channel cost less than the flash kernel's op data.
+    assert kinds(lowered, "forward") == kinds(stock, "forward")
+
+
+@pytest.mark.skipif(not shared_path("models/tiny-training/mcunet-5fps.pkl"), reason="needs ../shared (MCUNet)")
+def test_forward_lowering_folds_pads_and_moves_requantisation_to_flash():
+    from tflm_train.importer.mcunet import import_mcunet
+    model = ir.emit(import_mcunet(shared_path("models/tiny-training/mcunet-5fps.pkl"), num_classes=10))
+    scheme = {"bias": "last 4", "classifier": True}
+
+    def converted(**options):
+        graph = ir.load(model)
+        pipeline.convert(graph, scheme, pipeline.ConvertOptions(**options))
+        return graph
+
+    stock, lowered = converted(lower_forward=False), converted()
+    assert kinds(stock, "forward")["CONV_2D"] > 25 and kinds(lowered, "forward")["CONV_2D"] < 10
+    # The stride-2 first conv's PAD (128x128x3 -> 129x129x3) is gone.
+    assert kinds(lowered, "forward")["PAD"] == kinds(stock, "forward")["PAD"] - 1
+    before, after = memory.estimate(stock), memory.estimate(lowered)
+    assert after.overhead_bytes < before.overhead_bytes - 10_000
+    assert after.planned_bytes <= before.planned_bytes
+
+
 def test_sparse_scheme_reordered_and_conventional(small_model):
     pw2, pw4 = layer_index(small_model, 2), layer_index(small_model, 4)
     scheme = {"bias": "last 4", "weights": [{"layer": pw2, "ratio": 1}, {"layer": pw4, "ratio": 0.5}],
               "classifier": True}
-    g = convert(small_model, scheme)
+    g = convert(small_model, scheme, lower_forward=False)
     assert kinds(g, "backward") == {"TFLT_CONV_INPUT_GRAD": 2, "TFLT_MEAN_GRAD": 1,
                                     "TFLT_DEPTHWISE_INPUT_GRAD": 1, "ADD": 1}
     assert kinds(g, "update") == {"TFLT_CONV_GRAD_UPDATE": 4}

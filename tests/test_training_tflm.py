@@ -289,6 +289,29 @@ def test_real_model_inference_step_and_reset(name, reorder, rounding):
         assert session.model_bytes() == data
 
 
+@pytest.mark.skipif(not shared_path("models/tiny-training/mcunet-5fps.pkl"), reason="needs ../shared (MCUNet)")
+def test_mcunet_with_lowered_forward_infers_like_the_import_and_steps_like_the_reference():
+    """Lowered convs (flash requantisation, PADs folded) against the stock kernels of the imported model."""
+    from tflm_train.importer.mcunet import import_mcunet
+    original = ir.emit(import_mcunet(shared_path("models/tiny-training/mcunet-5fps.pkl"), num_classes=10,
+                                     resolution=48))
+    with open(os.path.join(REPO, "examples", "paper_schemes", "mcunet-5fps_49kb.json")) as f:
+        data, graph, md = convert(original, json.load(f))
+    assert {"TFLT_CONV_2D_SPLIT"} <= {op.kind for op in graph.ops if op.role == "forward"}
+    rng = np.random.default_rng(0)
+    images = [rng.integers(-128, 128, (1, 48, 48, 3), dtype=np.int8) for _ in range(2)]
+    executor = Executor(graph)
+    with TflmSession(data, preserve_all_tensors=True) as session:
+        for image in images:
+            np.testing.assert_array_equal(session.invoke(training_inputs(image, -1, 0.05))[0],
+                                          run_once(original, [image])[0])
+            executor.invoke(training_inputs(image, -1, 0.05))
+        step = training_inputs(images[0], 3, 0.05)
+        assert_float_close(session.invoke(step)[-1], executor.invoke(step)[-1], "loss")
+        assert_trainables_match(session, executor, graph, md)
+        assert changed_elements(executor, graph, md) > 0
+
+
 # ---------------------------------------------------------------- 3. loss falls on a real binary task
 
 LFW_STEPS = 50

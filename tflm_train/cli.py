@@ -21,6 +21,8 @@ flags.DEFINE_string("output", None, "output file", short_name="o")
 flags.DEFINE_bool("no-reorder", False, "convert: conventional schedule (all updates at the end)")
 flags.DEFINE_enum("rounding", "nearest", ["nearest", "stochastic"], "convert: rounding of int8 updates")
 flags.DEFINE_bool("no-qas", False, "convert: plain int8 SGD without quantization-aware scaling (ablation)")
+flags.DEFINE_bool("stock-forward", False, "convert: keep TFLM's builtin forward conv kernels (e.g. CMSIS-NN): "
+                  "faster on a device, more arena")
 flags.DEFINE_bool("json", False, "inspect: print one JSON object")
 flags.DEFINE_bool("measure", False, "inspect: also measure the arena in the stock TFLM interpreter")
 flags.DEFINE_integer("num-classes", None, "import-mcunet: replace the classifier head")
@@ -61,7 +63,8 @@ def cmd_convert(argv: list) -> None:
     scheme_path, out = _required("sparse-scheme"), _required("output")
     graph = ir.load_file(source)
     options = pipeline.ConvertOptions(reorder=not FLAGS["no-reorder"].value, rounding=FLAGS.rounding,
-                                      qas=not FLAGS["no-qas"].value)
+                                      qas=not FLAGS["no-qas"].value,
+                                      lower_forward=not FLAGS["stock-forward"].value)
     pipeline.convert(graph, scheme.load_scheme_file(scheme_path), options)
     ir.save_file(graph, out)
     print(f"wrote {out}")

@@ -127,3 +127,55 @@ def op_data_bytes(op: ir.Op) -> int:
     if weight is not None and weight.quant is not None and weight.quant.per_channel:
         size += 2 * align(PER_CHANNEL_OP_DATA_BYTES * weight.quant.scale.size)
     return size
+
+
+def lower_bound(graph: ir.Graph) -> int:
+    """Bytes any execution of this op graph must hold at once, whatever the order and planner.
+
+    A tensor must be resident while op i runs in *every* topological order when its
+    producer precedes i and i precedes one of its consumers in the data-flow DAG (or i
+    produces or reads it); graph inputs exist from the start, outputs to the end. The
+    bound is the largest such set over all ops, plus the variables (resident throughout),
+    with exact, unaligned sizes and no interpreter bookkeeping. Ordering constraints
+    through variables (an update after the reads of its weight) are ignored, which only
+    admits more orders and so keeps the bound valid.
+    """
+    ops = graph.ops
+    producer = {id(t): i for i, op in enumerate(ops) for t in op.outputs if t is not None}
+    consumers: dict = {}
+    for i, op in enumerate(ops):
+        for t in op.inputs:
+            if t is not None:
+                consumers.setdefault(id(t), set()).add(i)
+    descendants = [0] * len(ops)          # bitsets, each op included in its own
+    for i in reversed(range(len(ops))):
+        mask = 1 << i
+        for t in ops[i].outputs:
+            for c in consumers.get(id(t), ()) if t is not None else ():
+                mask |= descendants[c]
+        descendants[i] = mask
+    ancestors = [0] * len(ops)
+    for i, op in enumerate(ops):
+        mask = 1 << i
+        for t in op.inputs:
+            if t is not None and id(t) in producer:
+                mask |= ancestors[producer[id(t)]]
+        ancestors[i] = mask
+    everything = (1 << len(ops)) - 1
+    outputs = {id(t) for t in graph.outputs}
+    live = [0] * len(ops)
+    for t in graph.referenced_tensors():
+        if t.is_variable or t.data is not None:
+            continue
+        before = descendants[producer[id(t)]] if id(t) in producer else everything
+        after = everything if id(t) in outputs else 0
+        for c in consumers.get(id(t), ()):
+            after |= ancestors[c]
+        if id(t) in producer:
+            after |= 1 << producer[id(t)]
+        resident = before & after
+        for i in range(len(ops)):
+            if resident >> i & 1:
+                live[i] += t.nbytes
+    variables = sum(t.nbytes for t in graph.referenced_tensors() if t.is_variable)
+    return variables + max(live, default=0)

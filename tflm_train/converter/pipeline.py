@@ -1,4 +1,4 @@
-"""The conversion pipeline: load → trainables → autodiff (pruned) → schedule → rewrite forward → emit."""
+"""The conversion pipeline: load → trainables → autodiff (pruned) → schedule → rewrite forward → lower → emit."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,14 +6,12 @@ import dataclasses
 import numpy as np
 
 from tflm_train import ir
-from tflm_train.converter import layers, metadata, scheme as schemes
+from tflm_train.converter import layers, lowering, metadata, scheme as schemes
 from tflm_train.converter.autodiff import GradContext, TrainingIO, differentiate, tensors_needing_grad
 from tflm_train.converter.schedule import schedule
 from tflm_train.converter.trainables import make_params
 from tflm_train.errors import UserError
-from tflm_train.reference.quantization import quantize_multiplier
-from tflm_train.schema.training_ops_generated import (Rounding, SoftmaxXentOptions, SplitConvOptions,
-                                                      TrainInitOptions)
+from tflm_train.schema.training_ops_generated import Rounding, SoftmaxXentOptions, TrainInitOptions
 
 ROUNDING_NAMES = {"nearest": Rounding.NEAREST, "stochastic": Rounding.STOCHASTIC}
 # Ops that only move or relabel the logits between the classifier layer and SOFTMAX.
@@ -25,6 +23,7 @@ class ConvertOptions:
     reorder: bool = True
     rounding: str = "nearest"
     qas: bool = True
+    lower_forward: bool = True     # False: TFLM's builtin forward kernels (e.g. CMSIS-NN), more arena
 
 
 def convert(graph: ir.Graph, scheme_source: dict, options: ConvertOptions = ConvertOptions()) -> ir.Graph:
@@ -62,7 +61,8 @@ def convert(graph: ir.Graph, scheme_source: dict, options: ConvertOptions = Conv
     init_op = ir.Op("TFLT_TRAIN_INIT", init_inputs, [], custom=True, role="init",
                     custom_options=TrainInitOptions().to_bytes())
 
-    graph.ops = [init_op] + forward + [loss_op] + backward
+    steps = [init_op] + forward + [loss_op] + backward
+    graph.ops = lowering.lower_forward(graph, steps) if options.lower_forward else steps
     image_inputs = list(graph.inputs)
     graph.inputs = image_inputs + [io.label, io.learning_rate]
     graph.outputs = list(graph.outputs) + [io.loss]
@@ -118,22 +118,4 @@ def _rewrite_forward(graph: ir.Graph, op: ir.Op, lp) -> ir.Op:
     if not lp.split:
         op.inputs = inputs
         return op
-    return _split_conv(graph, op, inputs, lp.weight.variable)
-
-
-def _split_conv(graph: ir.Graph, op: ir.Op, inputs: list, w_train: ir.Tensor) -> ir.Op:
-    x, w, bias = inputs[0], inputs[1], inputs[2]
-    y = op.outputs[0]
-    geo = layers.geometry(op)
-    _, act_min, act_max = layers.activation_bounds(op)
-    s_x, s_y = float(x.quant.scale[0]), float(y.quant.scale[0])
-    pairs = [quantize_multiplier(s_x * float(s_w) / s_y) for s_w in layers.weight_scales(op)]
-    name = y.name
-    multiplier = graph.add_tensor(ir.Tensor(f"{name}/multiplier", (len(pairs),), np.int32,
-                                            np.array([m for m, _ in pairs], np.int32)))
-    shift = graph.add_tensor(ir.Tensor(f"{name}/shift", (len(pairs),), np.int32,
-                                       np.array([s for _, s in pairs], np.int32)))
-    options = SplitConvOptions(**geo.conv_fields(), x_zero_point=int(x.quant.zero_point[0]),
-                               y_zero_point=int(y.quant.zero_point[0]), act_min=act_min, act_max=act_max)
-    return ir.Op("TFLT_CONV_2D_SPLIT", [x, w, w_train, bias, multiplier, shift], [y], custom=True,
-                 custom_options=options.to_bytes())
+    return lowering.split_conv_op(graph, op, inputs[0], inputs[1], lp.weight.variable, inputs[2])
