@@ -68,6 +68,10 @@ struct KernelOps {
 // Every training op, for the adapter's registration loop (micro/kernels/all_ops.cc).
 const KernelOps* TrainingOps(int* count);
 
+// How many ops TrainingOps() lists in a firmware build: the resolver slots
+// AddTrainingOps needs on top of the model's builtins. all_ops.cc checks it.
+constexpr int kTrainingOpCount = 10;
+
 }  // namespace tflm_train
 
 #endif  // TFLM_TRAIN_MICRO_KERNEL_API_H_

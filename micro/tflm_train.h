@@ -1,14 +1,13 @@
 // tflm-train's firmware entry point: registers every training op with a TFLM
 // op resolver so that the stock MicroInterpreter runs a training step.
 //
-//   tflite::MicroMutableOpResolver<16> resolver;
+//   tflite::MicroMutableOpResolver<kBuiltins + tflm_train::kTrainingOpCount> resolver;
 //   resolver.AddConv2D(); ...                     // the model's builtins
 //   tflm_train::AddTrainingOps(resolver);         // the TFLT_* custom ops
 //
 // Build: add micro/ to the include path and compile micro/core/*.cc,
 // micro/kernels/*.cc and micro/adapter/*.cc with the firmware (C++17,
-// -ffp-contract=off). The resolver needs one slot per training op on top of
-// the model's builtins.
+// -ffp-contract=off).
 #ifndef TFLM_TRAIN_MICRO_TFLM_TRAIN_H_
 #define TFLM_TRAIN_MICRO_TFLM_TRAIN_H_
 
@@ -28,6 +27,8 @@ const TFLMRegistration* Registration(int index);
 
 template <unsigned int tOpCount>
 TfLiteStatus AddTrainingOps(tflite::MicroMutableOpResolver<tOpCount>& resolver) {
+  static_assert(tOpCount >= kTrainingOpCount,
+                "the resolver needs kTrainingOpCount slots on top of the builtins");
   int count = 0;
   const KernelOps* ops = TrainingOps(&count);
   for (int i = 0; i < count; ++i) {

@@ -26,7 +26,9 @@ def test_library_layout(tmp_path):
     root = make_arduino_library.make_library(tmp_path)
     properties = dict(line.split("=", 1) for line in (root / "library.properties").read_text().splitlines())
     assert properties["name"] == "tflm_train" and properties["includes"] == "tflm_train.h"
-    assert (root / "examples" / "vww_train" / "vww_train.ino").is_file()
+    example = {p.name for p in (root / "examples" / "vww_train").iterdir()}
+    assert example == {"vww_train.ino", "serial_training.h", "serial_training.cpp"}
+    assert "depends=" not in (root / "library.properties").read_text()  # TFLM's library is not in the registry
     copied = {p.relative_to(root / "src").as_posix() for p in (root / "src").rglob("*.cc")}
     expected = {p.relative_to(MICRO).as_posix() for d in ("core", "kernels", "adapter") for p in (MICRO / d).glob("*.cc")}
     assert copied == expected

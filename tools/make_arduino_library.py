@@ -2,10 +2,12 @@
 
     python tools/make_arduino_library.py [--out build/arduino]
 
-Writes <out>/tflm_train/{library.properties, src/..., examples/vww_train/}. The
-library needs TFLM's Arduino library (Arduino_TensorFlowLite or a current TFLM
-export) installed beside it: micro/adapter includes TFLM headers by their
-normal paths. Install with `arduino-cli lib install --zip-path` after zipping,
+Writes <out>/tflm_train/{library.properties, src/..., examples/vww_train/}: the
+example is the sketch plus the plain C++ it shares with the Mbed program
+(examples/vww/common), since Arduino compiles only files in the sketch folder. The
+library needs TFLM's Arduino library (tensorflow/tflite-micro-arduino-examples,
+no longer in the Library Manager, hence no `depends=`) installed beside it:
+micro/adapter includes TFLM headers by their normal paths. Install with `arduino-cli lib install --zip-path` after zipping,
 or copy the folder into ~/Arduino/libraries/.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ MICRO = REPO / "micro"
 LIBRARY_FILES = ("tflm_train.h", "kernel_api.h")
 LIBRARY_DIRS = ("core", "kernels", "adapter")
 SKETCH = REPO / "examples" / "vww" / "arduino" / "vww_train"
+SKETCH_COMMON = REPO / "examples" / "vww" / "common"
 
 PROPERTIES = """name=tflm_train
 version={version}
@@ -31,7 +34,6 @@ paragraph=Registers the TFLT_* training ops converted by tflm-train with a Micro
 category=Data Processing
 url=https://github.com/
 architectures=*
-depends=Arduino_TensorFlowLite
 includes=tflm_train.h
 """
 
@@ -56,7 +58,10 @@ def make_library(out: Path) -> Path:
         for path in sorted((MICRO / directory).iterdir()):
             if path.suffix in (".h", ".cc"):
                 shutil.copy2(path, src / directory / path.name)
-    shutil.copytree(SKETCH, root / "examples" / SKETCH.name)
+    example = root / "examples" / SKETCH.name
+    shutil.copytree(SKETCH, example)
+    for path in sorted(SKETCH_COMMON.iterdir()):
+        shutil.copy2(path, example / path.name)
     (root / "library.properties").write_text(PROPERTIES.format(version=project_version()))
     return root
 

@@ -23,6 +23,13 @@ const KernelOps* TrainingOps(int* count) {
       SgdUpdateOp(),
       Conv2DSplitOp(),
   };
+#ifdef TFLM_TRAIN_ABI_CANARY
+  constexpr int kExtraOps = 1;
+#else
+  constexpr int kExtraOps = 0;
+#endif
+  static_assert(sizeof(kOps) / sizeof(kOps[0]) == kTrainingOpCount + kExtraOps,
+                "update kTrainingOpCount (kernel_api.h) and the README's resolver size");
   *count = static_cast<int>(sizeof(kOps) / sizeof(kOps[0]));
   return kOps;
 }
