@@ -16,7 +16,7 @@ import pytest
 from micro_build import CORE_SOURCES, REPO, build_library, ptr
 from tflm_train.kernels_grad import common, conv, mean, softmax_xent, train_init, update
 from tflm_train.kernels_grad.common import F32, Window
-from tflm_train.kernels_grad.depthwise_conv import depthwise_input_grad
+from tflm_train.kernels_grad.depthwise_conv import depthwise_conv2d, depthwise_input_grad
 from tflm_train.reference.quantization import multiply_by_quantized_multiplier, quantize_multiplier
 
 # NaN-guard and exp edge cases feed NaN and infinity to the reference on purpose.
@@ -43,6 +43,7 @@ SIGNATURES = {
     "shim_sgd_update": ([P, P, I, I, I, I, P, F, I, I, I], None),
     "shim_multiply_by_quantized_multiplier": ([P, P, P, I, P], None),
     "shim_split_conv": ([P, P, P, P, P, I, I, I, P, P, P, P], None),
+    "shim_depthwise_conv": ([P, P, P, P, I, I, P, P, P, P], None),
     "shim_copy_leading_channels": ([P, P, I, I, I, I], None),
     "shim_next_step": ([ctypes.c_int32], ctypes.c_int32),
 }
@@ -476,6 +477,39 @@ def test_multiply_by_quantized_multiplier_matches_reference(core):
     np.testing.assert_array_equal(out, multiply_by_quantized_multiplier(x, multiplier, shift))
 
 
+@dataclasses.dataclass
+class OutputStage:
+    """A random int8 conv output stage: bias (or None), requantisation, zero points, clamp."""
+    bias: object
+    multiplier: np.ndarray
+    shift: np.ndarray
+    x_zero_point: int
+    y_zero_point: int
+    act_min: int
+    act_max: int
+
+    @classmethod
+    def random(cls, rng, seed: int, out_c: int) -> "OutputStage":
+        bias = None
+        if seed % 4 != 3:
+            bias = rng.integers(-10 ** 5, 10 ** 5, size=out_c).astype(np.int32)
+            if seed % 4 == 2:
+                bias[0] = INT32_MAX - 5  # the int32 accumulator wraps as TFLM's does
+        s_x, s_y = 10.0 ** rng.uniform(-3, -1), 10.0 ** rng.uniform(-2, 0)
+        pairs = [quantize_multiplier(s_x * float(s_w) / s_y) for s_w in 10.0 ** rng.uniform(-4, -1, size=out_c)]
+        act_min = int(rng.integers(-128, 0))
+        return cls(bias, np.array([m for m, _ in pairs], np.int32), np.array([s for _, s in pairs], np.int32),
+                   int(rng.integers(-128, 128)), int(rng.integers(-128, 128)), act_min,
+                   int(rng.integers(act_min, 128)))
+
+    def params(self) -> np.ndarray:
+        """The shim's int[4]."""
+        return np.array([self.x_zero_point, self.y_zero_point, self.act_min, self.act_max], np.int32)
+
+    def options(self) -> dict:
+        return {name: getattr(self, name) for name in ("x_zero_point", "y_zero_point", "act_min", "act_max")}
+
+
 @pytest.mark.parametrize("fully_connected", [False, True])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_split_conv_matches_reference(core, seed, fully_connected):
@@ -487,26 +521,46 @@ def test_split_conv_matches_reference(core, seed, fully_connected):
     train_c = int(rng.integers(1, in_c))
     w_train = int8(rng, shape[:-1] + (train_c,))
     x = int8(rng, (1, in_c) if fully_connected else (1, case.in_h, case.in_w, in_c))
-    bias = None
-    if seed % 4 != 3:
-        bias = rng.integers(-10 ** 5, 10 ** 5, size=out_c).astype(np.int32)
-        if seed % 4 == 2:
-            bias[0] = INT32_MAX - 5  # the int32 accumulator wraps as TFLM's does
-    s_x, s_y = 10.0 ** rng.uniform(-3, -1), 10.0 ** rng.uniform(-2, 0)
-    pairs = [quantize_multiplier(s_x * float(s_w) / s_y) for s_w in 10.0 ** rng.uniform(-4, -1, size=out_c)]
-    multiplier = np.array([m for m, _ in pairs], np.int32)
-    shift = np.array([s for _, s in pairs], np.int32)
-    x_zp, y_zp = int(rng.integers(-128, 128)), int(rng.integers(-128, 128))
-    act_min = int(rng.integers(-128, 0))
-    act_max = int(rng.integers(act_min, 128))
-    params = np.array([x_zp, y_zp, act_min, act_max], np.int32)
+    stage = OutputStage.random(rng, seed, out_c)
     y = np.zeros(activation_shape(case, out_c, fully_connected), np.int8)
-    core.shim_split_conv(ptr(case.geometry()), ptr(params), ptr(x), ptr(w), ptr(w_train), out_c, in_c, train_c,
-                         ptr(bias), ptr(multiplier), ptr(shift), ptr(y))
-    expected = conv.conv2d_split(x, w, w_train, bias, multiplier, shift, output_height=case.out_h,
-                                 output_width=case.out_w, **case.window_options(), x_zero_point=x_zp,
-                                 y_zero_point=y_zp, act_min=act_min, act_max=act_max)
+    core.shim_split_conv(ptr(case.geometry()), ptr(stage.params()), ptr(x), ptr(w), ptr(w_train), out_c, in_c,
+                         train_c, ptr(stage.bias), ptr(stage.multiplier), ptr(stage.shift), ptr(y))
+    expected = conv.conv2d_split(x, w, w_train, stage.bias, stage.multiplier, stage.shift, output_height=case.out_h,
+                                 output_width=case.out_w, **case.window_options(), **stage.options())
     np.testing.assert_array_equal(y, expected.reshape(y.shape))
+
+
+def explicit_padding_case(rng) -> ConvCase:
+    """Any padding the kernels accept: each pad in [0, (kernel - 1) * dilation] and any output
+    size whose windows all start inside the input (so the trailing padding is arbitrary too)."""
+    axes = []
+    for _ in range(2):
+        kernel, stride, dilation = int(rng.choice(KERNELS)), int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        size, pad = int(rng.integers(1, 9)), int(rng.integers(0, (kernel - 1) * dilation + 1))
+        axes.append((size, int(rng.integers(1, (size - 1 + pad) // stride + 2)), kernel, stride, dilation, pad))
+    (h, oh, kh, sh, dh, pt), (w, ow, kw, sw, dw, pl) = axes
+    return ConvCase(h, w, oh, ow, kh, kw, Window(sh, sw, dh, dw, pt, pl))
+
+
+@pytest.mark.parametrize("seed", range(18))
+def test_depthwise_conv_matches_reference(core, seed):
+    """Depth multipliers 1-3, SAME/VALID or explicit padding, and more output channels than
+    one accumulator block (64) with a block edge inside a depth-multiplier group."""
+    rng = np.random.default_rng(seed)
+    case = explicit_padding_case(rng) if seed % 2 else random_case(rng, seed // 2)
+    m = 1 + seed % 3
+    in_c = int(rng.choice([1, 3, 5, 45])) if seed % 6 else 45
+    x = int8(rng, (1, case.in_h, case.in_w, in_c))
+    w = int8(rng, (1, case.kernel_h, case.kernel_w, in_c * m))
+    stage = OutputStage.random(rng, seed, in_c * m)
+    y = np.zeros((1, case.out_h, case.out_w, in_c * m), np.int8)
+    assert core.shim_check_geometry(ptr(case.geometry())) is None
+    core.shim_depthwise_conv(ptr(case.geometry()), ptr(stage.params()), ptr(x), ptr(w), in_c, m, ptr(stage.bias),
+                             ptr(stage.multiplier), ptr(stage.shift), ptr(y))
+    expected = depthwise_conv2d(x, w, stage.bias, stage.multiplier, stage.shift, output_height=case.out_h,
+                                output_width=case.out_w, **case.window_options(), **stage.options(),
+                                depth_multiplier=m)
+    np.testing.assert_array_equal(y, expected)
 
 
 # ---------------------------------------------------------------- initialisation and geometry

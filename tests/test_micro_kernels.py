@@ -14,7 +14,7 @@ import pytest
 from micro_build import CORE_SOURCES, KERNEL_SOURCES, REPO, build_library, ptr
 from tflm_train.kernels_grad import conv, mean, softmax_xent, update
 from tflm_train.kernels_grad.common import F32
-from tflm_train.kernels_grad.depthwise_conv import depthwise_input_grad
+from tflm_train.kernels_grad.depthwise_conv import depthwise_conv2d, depthwise_input_grad
 from tflm_train.reference.quantization import quantize_multiplier
 from tflm_train.schema import training_ops_generated as schema
 
@@ -180,6 +180,21 @@ def split_conv_call(layer: Layer, fully_connected: bool = False) -> Call:
                 [np.zeros(layer.y.shape, np.int8)])
 
 
+def depthwise_conv_call(multiplier: int = 2, w_variable: bool = False) -> Call:
+    """I*multiplier output channels; the weight a variable (no data at Prepare) or a constant."""
+    rng = np.random.default_rng(RNG_SEED)
+    c = I * multiplier
+    w = rng.integers(-127, 128, size=(1, 3, 3, c)).astype(np.int8)
+    pairs = [quantize_multiplier(0.05 * float(s) / 0.3) for s in 10.0 ** rng.uniform(-3, -1, size=c)]
+    options = schema.DepthwiseConvOptions(**WINDOW, x_zero_point=-3, y_zero_point=4, act_min=ACT_MIN,
+                                          act_max=ACT_MAX, depth_multiplier=multiplier)
+    return Call("TFLT_DEPTHWISE_CONV_2D", options,
+                [rng.integers(-128, 128, size=(1, H, W, I)).astype(np.int8), w if w_variable else Const(w),
+                 rng.integers(-1000, 1000, size=c).astype(np.int32),
+                 Const(np.array([m for m, _ in pairs], np.int32)), Const(np.array([s for _, s in pairs], np.int32))],
+                [np.zeros((1, HO, WO, c), np.int8)])
+
+
 def depthwise_input_grad_call(multiplier: int = 2) -> Call:
     rng = np.random.default_rng(RNG_SEED)
     c = I * multiplier
@@ -309,6 +324,19 @@ def test_split_conv_kernel(kernels, fully_connected):
                                  output_width=1 if fully_connected else WO, **({} if fully_connected else WINDOW),
                                  x_zero_point=-3, y_zero_point=4, act_min=ACT_MIN, act_max=ACT_MAX)
     np.testing.assert_array_equal(call.outputs[0], expected.reshape(call.outputs[0].shape))
+
+
+@pytest.mark.parametrize("multiplier, w_variable, bias", [(1, False, True), (2, True, True), (2, False, False)])
+def test_depthwise_conv_kernel(kernels, multiplier, w_variable, bias):
+    call = depthwise_conv_call(multiplier, w_variable)
+    if not bias:
+        call.inputs[2] = None
+    run_ok(kernels, call)
+    x, w, b, m, shift = (getattr(v, "array", v) for v in call.inputs)
+    expected = depthwise_conv2d(x, w, b, m, shift, output_height=HO, output_width=WO, **WINDOW, x_zero_point=-3,
+                                y_zero_point=4, act_min=ACT_MIN, act_max=ACT_MAX, depth_multiplier=multiplier)
+    np.testing.assert_array_equal(call.outputs[0], expected)
+    assert len(np.unique(expected)) > 10
 
 
 def test_train_init_seeds_once_and_counts_steps(kernels):
@@ -496,6 +524,32 @@ BAD_GRAPHS = {
                          "y is"),
     "split_x_channels": (lambda: split_conv_call(make_layer()), _set_input(0, np.zeros((1, H, W, I + 1), np.int8)),
                          "x is"),
+    "depthwise_conv_weight_rank": (depthwise_conv_call, _set_input(1, Const(np.zeros((6, 6), np.int8))),
+                                   "[1, kh, kw, C*M]"),
+    "depthwise_conv_weight_channels": (depthwise_conv_call, _set_option(depth_multiplier=1), "w's last dim"),
+    "depthwise_conv_multiplier_zero": (depthwise_conv_call, _set_option(depth_multiplier=0), "depth_multiplier"),
+    "depthwise_conv_weight_type": (depthwise_conv_call, _set_input(1, np.zeros((1, 3, 3, 2 * I), np.int32)),
+                                   "w must be int8"),
+    "depthwise_conv_x_type": (depthwise_conv_call, _set_input(0, np.zeros((1, H, W, I), F32)), "x must be int8"),
+    "depthwise_conv_x_batch": (depthwise_conv_call, _set_input(0, np.zeros((2, H, W, I), np.int8)),
+                               "x must be [1, H, W, C]"),
+    "depthwise_conv_y_channels": (depthwise_conv_call, _set_output(0, np.zeros((1, HO, WO, I), np.int8)), "y is"),
+    "depthwise_conv_y_too_big": (depthwise_conv_call, _set_output(0, np.zeros((1, HO + 1, WO, 2 * I), np.int8)),
+                                 "larger"),
+    "depthwise_conv_padding": (depthwise_conv_call, _set_option(pad_top=3), "padding"),
+    "depthwise_conv_dilation": (depthwise_conv_call, _set_option(dilation_w=0), "dilations"),
+    "depthwise_conv_bias_size": (depthwise_conv_call, _set_input(2, np.zeros(2 * I + 1, np.int32)),
+                                 "bias must have shape [6]"),
+    "depthwise_conv_bias_type": (depthwise_conv_call, _set_input(2, np.zeros(2 * I, np.int8)), "bias must be int32"),
+    "depthwise_conv_shift_range": (depthwise_conv_call, _set_input(4, Const(np.full(2 * I, -32, np.int32))),
+                                   "shift in [-31, 30]"),
+    "depthwise_conv_multiplier_variable": (depthwise_conv_call, _set_input(3, np.ones(2 * I, np.int32)),
+                                           "must be a constant"),
+    "depthwise_conv_missing_shift": (depthwise_conv_call, _set_input(4, None), "missing input 4"),
+    "depthwise_conv_too_many_inputs": (depthwise_conv_call, lambda call: call.inputs.append(None),
+                                       "expected 5 to 5"),
+    "depthwise_conv_y_zero_point": (depthwise_conv_call, _set_option(y_zero_point=128), "y_zero_point"),
+    "depthwise_conv_act_range": (depthwise_conv_call, _set_option(act_min=10, act_max=9), "act_min must not exceed"),
     "init_odd_inputs": (train_init_call, _drop_inputs(1), "pairs"),
     "init_dst_too_wide": (train_init_call, _set_input(3, np.zeros((5, 2, 2, 4), np.int8)), "dst must"),
     "init_dst_type": (train_init_call, _set_input(5, np.zeros(5, F32)), "dst must"),
@@ -519,6 +573,6 @@ def test_prepare_rejects_bad_graph(kernels, case):
 def test_every_contract_op_is_registered(kernels):
     for op in ("TFLT_TRAIN_INIT", "TFLT_SOFTMAX_XENT", "TFLT_CONV_INPUT_GRAD", "TFLT_DEPTHWISE_INPUT_GRAD",
                "TFLT_MEAN_GRAD", "TFLT_CONV_GRAD_UPDATE", "TFLT_CONV_WEIGHT_GRAD", "TFLT_BIAS_GRAD",
-               "TFLT_SGD_UPDATE", "TFLT_CONV_2D_SPLIT"):
+               "TFLT_SGD_UPDATE", "TFLT_CONV_2D_SPLIT", "TFLT_DEPTHWISE_CONV_2D"):
         assert Call(op, b"", [], []).run(kernels)[0] != NO_SUCH_OP, op
     assert Call("TFLT_NOT_AN_OP", b"", [], []).run(kernels)[0] == NO_SUCH_OP

@@ -1,6 +1,8 @@
 """The training kernels inside the stock TFLM interpreter (through the adapter):
-TFLT_CONV_2D_SPLIT against TFLM's own CONV_2D / FULLY_CONNECTED, and one
-training step (seeding, fused update, loss, inference mode) on variables.
+TFLT_CONV_2D_SPLIT against TFLM's own CONV_2D / FULLY_CONNECTED,
+TFLT_DEPTHWISE_CONV_2D against its DEPTHWISE_CONV_2D (with and without a folded
+PAD), and one training step (seeding, fused update, loss, inference mode) on
+variables.
 """
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import numpy as np
 import pytest
 from tflite_micro.tensorflow.lite.python import schema_py_generated as tfl
 
+from depthwise_cases import CASES, random_case, varied
 from tflm_train import ir, tflm_runner
+from tflm_train.converter.depthwise import explicit_depthwise_conv
 from tflm_train.kernels_grad import conv, softmax_xent
 from tflm_train.kernels_grad.common import F32
 from tflm_train.reference.quantization import activation_range, quantize_multiplier
@@ -75,6 +79,43 @@ def test_split_conv_is_bit_identical_to_tflm(fully_connected):
     for expected, actual in results:
         np.testing.assert_array_equal(actual, expected)
     assert len(np.unique([actual for _, actual in results])) > 3  # real outputs, not clamped constants
+
+
+def graph_of(ops: list, inputs: list, outputs: list) -> ir.Graph:
+    tensors = {id(t): t for op in ops for t in op.inputs + op.outputs if t is not None}
+    return ir.Graph(ops, inputs, outputs, list(tensors.values()))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_depthwise_conv_is_bit_identical_to_tflm(name):
+    """The stock layer (after its PAD, if any) and our op built by the converter helper
+    read the same image; a variable-weight variant has TFLT_TRAIN_INIT seed the weight and
+    bias variables our op reads from the stock layer's constants."""
+    rng = np.random.default_rng(40 + sorted(CASES).index(name))
+    case = random_case(rng, **CASES[name])
+    graph = ir.Graph([], [], [], [])
+    ours = explicit_depthwise_conv(graph, case.op, case.pad, case.x)
+    y = case.op.outputs[0]
+    ours.outputs = [ir.Tensor("ours", y.shape, y.dtype, quant=y.quant)]
+    ops, inputs = case.ops + [ours], [case.x]
+    variables = sorted(CASES).index(name) % 2 == 1
+    if variables:
+        label, state = ir.Tensor("label", (1,), np.int32), ir.Tensor("state", (2,), np.int32, is_variable=True)
+        init_inputs = [label, state]
+        for i, t in enumerate(ours.inputs[1:3], start=1):
+            if t is not None:
+                ours.inputs[i] = ir.Tensor(f"{t.name}/variable", t.shape, t.dtype, quant=t.quant, is_variable=True)
+                init_inputs += [t, ours.inputs[i]]
+        ops = [ir.Op("TFLT_TRAIN_INIT", init_inputs, [], custom_options=schema.TrainInitOptions().to_bytes(),
+                     custom=True)] + ops
+        inputs = [case.x, label]
+    model = ir.emit(graph_of(ops, inputs, [y, ours.outputs[0]]))
+    with tflm_runner.TflmSession(model) as session:
+        for _ in range(3):
+            image = case.image(rng)
+            expected, actual = session.invoke([image, np.array([0], np.int32)] if variables else [image])
+            np.testing.assert_array_equal(actual, expected)
+            assert varied(actual)
 
 
 def training_step_model():

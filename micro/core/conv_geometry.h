@@ -24,6 +24,15 @@ struct ConvGeometry {
   int InputCol(int ow, int kw) const {
     return ow * stride_w - pad_left + kw * dilation_w;
   }
+  // The kernel rows [*first, *last) whose input row for output row `oh` is
+  // inside the input: a bounds check per window instead of one per tap.
+  void RowsInside(int oh, int* first, int* last) const {
+    TapsInside(oh * stride_h - pad_top, kernel_h, dilation_h, in_h, first, last);
+  }
+  void ColsInside(int ow, int* first, int* last) const {
+    TapsInside(ow * stride_w - pad_left, kernel_w, dilation_w, in_w, first,
+               last);
+  }
   // The output row whose window puts kernel row `kh` on input row `ih`;
   // false if there is none (not an exact multiple of the stride, or outside).
   bool OutputRow(int ih, int kh, int* oh) const {
@@ -34,6 +43,13 @@ struct ConvGeometry {
   }
 
  private:
+  // Taps k with 0 <= origin + k*dilation < in.
+  static void TapsInside(int origin, int kernel, int dilation, int in,
+                         int* first, int* last) {
+    *first = origin >= 0 ? 0 : (dilation - 1 - origin) / dilation;
+    const int past = origin >= in ? 0 : (in - 1 - origin) / dilation + 1;
+    *last = past < kernel ? past : kernel;
+  }
   static bool InverseTap(int offset, int stride, int extent, int* out) {
     if (offset < 0 || offset % stride != 0) return false;
     *out = offset / stride;

@@ -22,6 +22,7 @@ const KernelOps* TrainingOps(int* count) {
       BiasGradOp(),
       SgdUpdateOp(),
       Conv2DSplitOp(),
+      DepthwiseConvOp(),
   };
 #ifdef TFLM_TRAIN_ABI_CANARY
   constexpr int kExtraOps = 1;

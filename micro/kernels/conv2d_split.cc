@@ -13,7 +13,7 @@ enum Input { kX, kW, kWTrain, kBias, kMultiplier, kShift, kNumInputs };
 
 struct OpData {
   schema::SplitConvOptions options;
-  core::SplitConvParams params;
+  core::QuantizedConvParams params;
   core::SplitWeight weight;  // shape only; the pointers are set at Eval
   bool has_bias;
 };
@@ -24,32 +24,10 @@ void* Init(KernelContext& ctx, const uint8_t* buffer, size_t size) {
                                           size);
 }
 
-// multiplier and shift are the converter's constants; the requantisation is
-// only defined for multiplier >= 0 and shift in [-31, 30].
-bool ValidateRequantization(kernels::Checker& check, int out_channels) {
-  TensorView multiplier, shift;
-  if (!check.Required(kMultiplier, "multiplier", &multiplier) ||
-      !check.Vector(multiplier, "multiplier", DType::kInt32, out_channels) ||
-      !check.HasData(multiplier, "multiplier") ||
-      !check.Required(kShift, "shift", &shift) ||
-      !check.Vector(shift, "shift", DType::kInt32, out_channels) ||
-      !check.HasData(shift, "shift")) {
-    return false;
-  }
-  for (int o = 0; o < out_channels; ++o) {
-    const int32_t m = multiplier.As<const int32_t>()[o];
-    const int32_t s = shift.As<const int32_t>()[o];
-    if (m < 0 || s < -31 || s > 30) {
-      return check.Fail("multiplier must be >= 0 and shift in [-31, 30]");
-    }
-  }
-  return true;
-}
-
 bool Validate(KernelContext& ctx, OpData& data) {
   const schema::SplitConvOptions& opt = data.options;
   kernels::Checker check(ctx, kName);
-  TensorView x, w, w_train, bias, y;
+  TensorView x, w, w_train, y;
   kernels::Filter filter, train_filter;
   kernels::Image x_image, y_image;
   if (!check.Counts(kNumInputs, kNumInputs, 1) ||
@@ -61,10 +39,8 @@ bool Validate(KernelContext& ctx, OpData& data) {
       !check.AsImage(y, "y", DType::kInt8, false, &y_image) ||
       !check.ImageIs(x_image, "x", kernels::Image{x_image.h, x_image.w, filter.in}) ||
       !check.ImageIs(y_image, "y", kernels::Image{y_image.h, y_image.w, filter.out}) ||
-      !check.Int8Range(opt.x_zero_point, "x_zero_point") ||
-      !check.Int8Range(opt.y_zero_point, "y_zero_point") ||
-      !check.ActivationRange(opt.act_min, opt.act_max) ||
-      !ValidateRequantization(check, filter.out)) {
+      !check.OutputStage(opt, kBias, kMultiplier, kShift, filter.out,
+                         &data.has_bias)) {
     return false;
   }
   data.weight = core::SplitWeight{nullptr, nullptr, filter.out, filter.h,
@@ -75,17 +51,8 @@ bool Validate(KernelContext& ctx, OpData& data) {
     }
     data.weight.train_channels = train_filter.in;
   }
-  data.has_bias = check.Optional(kBias, &bias);
-  if (data.has_bias && !check.Vector(bias, "bias", DType::kInt32, filter.out)) {
-    return false;
-  }
-  core::SplitConvParams& params = data.params;
-  params.geometry = kernels::GeometryOf(opt, x_image, y_image, filter);
-  params.x_zero_point = opt.x_zero_point;
-  params.y_zero_point = opt.y_zero_point;
-  params.act_min = opt.act_min;
-  params.act_max = opt.act_max;
-  return check.Geometry(params.geometry);
+  data.params = kernels::QuantizedConvOf(opt, x_image, y_image, filter);
+  return check.Geometry(data.params.geometry);
 }
 
 Status Eval(KernelContext& ctx, void* op_data) {

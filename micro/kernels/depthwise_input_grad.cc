@@ -25,27 +25,21 @@ void* Init(KernelContext& ctx, const uint8_t* buffer, size_t size) {
 bool Validate(KernelContext& ctx, OpData& data) {
   const schema::ConvGradOptions& opt = data.options;
   kernels::Checker check(ctx, kName);
-  TensorView label, w, w_scale, dx;
+  TensorView label, w_scale, dx;
   kernels::Filter filter;
   kernels::Image dy_image, dx_image;
   if (!check.Counts(kNumInputs, kNumInputs, 1) || !check.Label(kLabel, &label) ||
       !check.Gradient(kDy, kY, opt.act_min, opt.act_max, &dy_image,
                       &data.has_y) ||
-      !check.Required(kW, "w", &w) || !check.AsFilter(w, "w", DType::kInt8, &filter) ||
+      !check.DepthwiseFilter(kW, opt.input_channels, opt.depth_multiplier,
+                             &filter) ||
       !check.RequiredOutput(0, "dx", &dx) ||
       !check.AsImage(dx, "dx", DType::kFloat32, false, &dx_image)) {
     return false;
   }
-  if (filter.fully_connected || filter.out != 1) {
-    return check.Fail("w must be [1, kh, kw, C*M]");
-  }
-  if (opt.depth_multiplier < 1) return check.Fail("depth_multiplier must be >= 1");
   const kernels::Image input{opt.input_height, opt.input_width,
                              opt.input_channels};
-  const int channels = opt.input_channels * opt.depth_multiplier;
-  if (filter.in != channels) {
-    return check.Fail("w's last dim must be input_channels * depth_multiplier");
-  }
+  const int channels = filter.in;
   if (!check.ImageIs(dx_image, "dx", input) ||
       !check.ImageIs(dy_image, "dy",
                      kernels::Image{dy_image.h, dy_image.w, channels}) ||

@@ -133,6 +133,49 @@ bool Checker::TrainSlice(const TensorView& t, const char* name,
   return false;
 }
 
+bool Checker::DepthwiseFilter(int index, int in_channels,
+                              int depth_multiplier, Filter* filter) {
+  TensorView w;
+  if (!Required(index, "w", &w) || !AsFilter(w, "w", DType::kInt8, filter)) {
+    return false;
+  }
+  if (filter->fully_connected || filter->out != 1) {
+    return Fail("w must be [1, kh, kw, C*M]");
+  }
+  if (depth_multiplier < 1) return Fail("depth_multiplier must be >= 1");
+  if (filter->in != in_channels * depth_multiplier) {
+    return Fail("w's last dim must be input_channels * depth_multiplier");
+  }
+  return true;
+}
+
+bool Checker::Bias(int index, int channels, bool* has_bias) {
+  TensorView bias;
+  *has_bias = Optional(index, &bias);
+  return !*has_bias || Vector(bias, "bias", DType::kInt32, channels);
+}
+
+bool Checker::Requantization(int multiplier_index, int shift_index,
+                             int channels) {
+  TensorView multiplier, shift;
+  if (!Required(multiplier_index, "multiplier", &multiplier) ||
+      !Vector(multiplier, "multiplier", DType::kInt32, channels) ||
+      !HasData(multiplier, "multiplier") ||
+      !Required(shift_index, "shift", &shift) ||
+      !Vector(shift, "shift", DType::kInt32, channels) ||
+      !HasData(shift, "shift")) {
+    return false;
+  }
+  for (int o = 0; o < channels; ++o) {
+    const int32_t m = multiplier.As<const int32_t>()[o];
+    const int32_t s = shift.As<const int32_t>()[o];
+    if (m < 0 || s < -31 || s > 30) {
+      return Fail("multiplier must be >= 0 and shift in [-31, 30]");
+    }
+  }
+  return true;
+}
+
 bool Checker::Int8Range(int32_t value, const char* name) {
   if (value >= -128 && value <= 127) return true;
   ctx_.Report("%s: %s %d is outside [-128, 127]", op_, name,

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "core/conv_geometry.h"
+#include "core/quantized_conv.h"
 #include "kernel_api.h"
 
 namespace tflm_train {
@@ -69,6 +70,22 @@ core::ConvGeometry GeometryOf(const Options& options, const Image& input,
   return g;
 }
 
+// The quantization of an int8 conv-like op from its options (x/y zero
+// points and act_min/act_max named alike in every such table).
+template <typename Options>
+core::QuantizedConvParams QuantizedConvOf(const Options& options,
+                                          const Image& input,
+                                          const Image& output,
+                                          const Filter& filter) {
+  core::QuantizedConvParams params;
+  params.geometry = GeometryOf(options, input, output, filter);
+  params.x_zero_point = options.x_zero_point;
+  params.y_zero_point = options.y_zero_point;
+  params.act_min = options.act_min;
+  params.act_max = options.act_max;
+  return params;
+}
+
 // Init for an op whose data has an `options` member read by `read` (one of
 // the generated schema::Read<Table> functions).
 template <typename OpData, typename Options>
@@ -114,6 +131,23 @@ class Checker {
   // A split weight's trainable part: `filter`'s shape with a last dim <= its.
   bool TrainSlice(const TensorView& t, const char* name, const Filter& filter,
                   Filter* slice);
+  // A depthwise weight [1, kh, kw, in_channels * depth_multiplier] (int8).
+  bool DepthwiseFilter(int index, int in_channels, int depth_multiplier,
+                       Filter* filter);
+  // The int8 output stage of a conv-like op with `channels` output channels:
+  // the options' zero points and activation range, the optional int32 bias
+  // and the constant per-channel multiplier/shift (only defined for
+  // multiplier >= 0 and shift in [-31, 30]).
+  template <typename Options>
+  bool OutputStage(const Options& options, int bias_index,
+                   int multiplier_index, int shift_index, int channels,
+                   bool* has_bias) {
+    return Int8Range(options.x_zero_point, "x_zero_point") &&
+           Int8Range(options.y_zero_point, "y_zero_point") &&
+           ActivationRange(options.act_min, options.act_max) &&
+           Bias(bias_index, channels, has_bias) &&
+           Requantization(multiplier_index, shift_index, channels);
+  }
   bool Int8Range(int32_t value, const char* name);
   bool ActivationRange(int32_t act_min, int32_t act_max);
   // An incoming gradient dy (float32 image) and the optional forward output
@@ -128,6 +162,9 @@ class Checker {
   bool HasData(const TensorView& t, const char* name);
 
  private:
+  bool Bias(int index, int channels, bool* has_bias);
+  bool Requantization(int multiplier_index, int shift_index, int channels);
+
   KernelContext& ctx_;
   const char* op_;
 };

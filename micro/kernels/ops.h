@@ -16,6 +16,7 @@ const KernelOps& ConvWeightGradOp();         // TFLT_CONV_WEIGHT_GRAD
 const KernelOps& BiasGradOp();               // TFLT_BIAS_GRAD
 const KernelOps& SgdUpdateOp();              // TFLT_SGD_UPDATE
 const KernelOps& Conv2DSplitOp();            // TFLT_CONV_2D_SPLIT
+const KernelOps& DepthwiseConvOp();          // TFLT_DEPTHWISE_CONV_2D
 
 }  // namespace tflm_train
 

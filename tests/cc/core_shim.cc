@@ -6,6 +6,7 @@
 #include "core/conv_geometry.h"
 #include "core/conv_grad.h"
 #include "core/conv_update.h"
+#include "core/depthwise_conv.h"
 #include "core/depthwise_grad.h"
 #include "core/mean_grad.h"
 #include "core/sgd_update.h"
@@ -47,6 +48,17 @@ WeightGradSpec Spec(const int32_t* g, int out_channels, const int32_t* s,
   spec.x_zero_point = s[4];
   spec.x_scale = x_scale;
   return spec;
+}
+
+// params: x_zero_point, y_zero_point, act_min, act_max
+QuantizedConvParams Quantized(const int32_t* g, const int32_t* params) {
+  QuantizedConvParams p;
+  p.geometry = Geometry(g);
+  p.x_zero_point = params[0];
+  p.y_zero_point = params[1];
+  p.act_min = params[2];
+  p.act_max = params[3];
+  return p;
 }
 
 Rounding RoundingOf(int rounding) {
@@ -167,21 +179,25 @@ void shim_multiply_by_quantized_multiplier(const int32_t* x,
   }
 }
 
-// params: x_zero_point, y_zero_point, act_min, act_max
 void shim_split_conv(const int32_t* g, const int32_t* params, const int8_t* x,
                      const int8_t* w, const int8_t* w_train, int out_channels,
                      int in_channels, int train_channels, const int32_t* bias,
                      const int32_t* multiplier, const int32_t* shift,
                      int8_t* y) {
-  SplitConvParams p;
-  p.geometry = Geometry(g);
-  p.x_zero_point = params[0];
-  p.y_zero_point = params[1];
-  p.act_min = params[2];
-  p.act_max = params[3];
+  const QuantizedConvParams p = Quantized(g, params);
   const SplitWeight weight{w, w_train, out_channels, p.geometry.kernel_h,
                            p.geometry.kernel_w, in_channels, train_channels};
   SplitConv(p, x, weight, bias, multiplier, shift, y);
+}
+
+void shim_depthwise_conv(const int32_t* g, const int32_t* params,
+                         const int8_t* x, const int8_t* w, int in_channels,
+                         int depth_multiplier, const int32_t* bias,
+                         const int32_t* multiplier, const int32_t* shift,
+                         int8_t* y) {
+  const DepthwiseConvParams p{Quantized(g, params), in_channels,
+                              depth_multiplier};
+  DepthwiseConv(p, x, w, bias, multiplier, shift, y);
 }
 
 void shim_copy_leading_channels(const void* src, void* dst, int rows,

@@ -118,7 +118,7 @@ void RunTrainingStep() {
   const int32_t step = state[1];
 
   Op("TFLT_CONV_2D_SPLIT", [&] {
-    SplitConvParams params;
+    QuantizedConvParams params;
     params.geometry = conv1;
     params.x_zero_point = fc::kX0ZeroPoint;
     params.y_zero_point = fc::kY1ZeroPoint;
