@@ -1,9 +1,9 @@
 """Forward lowering: stock conv layers become our flash-parameter kernels.
 
-TFLM's CONV_2D computes each layer's per-channel requantisation (multiplier, shift)
-at Prepare into the persistent arena: 8 bytes per output channel, ~25 KB on MCUNet,
-for every frozen layer. TFLT_CONV_2D_SPLIT computes the same output bit for bit but
-reads those arrays from flash constants, and its explicit window padding absorbs a
+TFLM's CONV_2D and DEPTHWISE_CONV_2D compute each layer's per-channel requantisation
+(multiplier, shift) at Prepare into the persistent arena: 8 bytes per output channel,
+~48 KB on MCUNet. TFLT_CONV_2D_SPLIT and TFLT_DEPTHWISE_CONV_2D compute the same output
+bit for bit but read those arrays from flash constants, and their explicit padding absorbs a
 PAD in front of it (the PAD + VALID conv that PyTorch's symmetric padding imports
 as), so the padded copy of the activation never exists. Stock kernels stay where
 lowering would not save memory: narrow layers (the flash kernel's own op data and
@@ -12,15 +12,13 @@ something else still reads (a weight gradient needing the padded input).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from tflm_train import ir
-from tflm_train.converter import layers, memory
+from tflm_train.converter import depthwise, layers, memory
 from tflm_train.schema.training_ops_generated import SplitConvOptions
 
-LOWERED_KINDS = ("CONV_2D",)
+LOWERED_KINDS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 
 
 def lower_forward(graph: ir.Graph, ops: list) -> list:
@@ -39,35 +37,47 @@ def lower_forward(graph: ir.Graph, ops: list) -> list:
         pad_op = producers.get(id(op.inputs[0]))
         leading = (0, 0)
         if pad_op is not None and _foldable_pad(pad_op) and readers[id(op.inputs[0])] == 1 \
-                and id(op.inputs[0]) not in outputs:
+                and id(op.inputs[0]) not in outputs and _window_covers(op, _leading_pad(pad_op)):
             folded.add(id(pad_op))
-            leading = tuple(int(p) for p in np.asarray(pad_op.inputs[1].data)[1:3, 0])
+            leading = _leading_pad(pad_op)
         elif not _saves_bookkeeping(op):
             continue
         source = pad_op.inputs[0] if id(pad_op) in folded else op.inputs[0]
-        lowered[id(op)] = split_conv_op(graph, op, source, op.inputs[1], None, _bias(op), leading)
+        lowered[id(op)] = _lowered(graph, op, source, leading)
     return [lowered.get(id(op), op) for op in ops if id(op) not in folded]
 
 
 def split_conv_op(graph: ir.Graph, op: ir.Op, x: ir.Tensor, w: ir.Tensor, w_train, bias, leading_pad=(0, 0)) -> ir.Op:
     """The TFLT_CONV_2D_SPLIT computing `op`'s output from `x`, which lacks `leading_pad` (top, left)
     of the input `op` reads; the missing trailing padding needs no parameter (the output shape fixes it)."""
-    y = op.outputs[0]
-    geo = layers.geometry(op)
-    window = dataclasses.replace(geo.window, pad_top=geo.window.pad_top + leading_pad[0],
-                                 pad_left=geo.window.pad_left + leading_pad[1])
-    _, act_min, act_max = layers.activation_bounds(op)
-    multiplier, shift = layers.requantization(graph, op)
-    options = SplitConvOptions(**dataclasses.asdict(window), x_zero_point=int(x.quant.zero_point[0]),
-                               y_zero_point=int(y.quant.zero_point[0]), act_min=act_min, act_max=act_max)
-    return ir.Op("TFLT_CONV_2D_SPLIT", [x, w, w_train, bias, multiplier, shift], [y], custom=True,
-                 custom_options=options.to_bytes(), role=op.role)
+    fields, multiplier, shift = layers.flash_requantized_fields(graph, op, x, leading_pad)
+    return ir.Op("TFLT_CONV_2D_SPLIT", [x, w, w_train, bias, multiplier, shift], list(op.outputs), custom=True,
+                 custom_options=SplitConvOptions(**fields).to_bytes(), role=op.role)
+
+
+def _lowered(graph: ir.Graph, op: ir.Op, x: ir.Tensor, leading_pad: tuple) -> ir.Op:
+    if op.kind == "DEPTHWISE_CONV_2D":
+        return depthwise.explicit_depthwise_conv(graph, op, leading_pad, x)
+    return split_conv_op(graph, op, x, op.inputs[1], None, _bias(op), leading_pad)
 
 
 def _saves_bookkeeping(op: ir.Op) -> bool:
     """The flash-parameter kernel has a larger op data and two more tensors: a gain only for wide layers."""
-    lowered = memory.OP_DATA_BYTES["TFLT_CONV_2D_SPLIT"] + 2 * memory.EVAL_TENSOR_BYTES
+    kind = "TFLT_DEPTHWISE_CONV_2D" if op.kind == "DEPTHWISE_CONV_2D" else "TFLT_CONV_2D_SPLIT"
+    lowered = memory.OP_DATA_BYTES.get(kind, memory.OTHER_OP_DATA_BYTES) + 2 * memory.EVAL_TENSOR_BYTES
     return memory.op_data_bytes(op) > lowered
+
+
+def _leading_pad(pad_op: ir.Op) -> tuple:
+    return tuple(int(p) for p in np.asarray(pad_op.inputs[1].data)[1:3, 0])
+
+
+def _window_covers(op: ir.Op, leading_pad: tuple) -> bool:
+    """Our kernels' windows start inside the dilated kernel: padding wider than that stays a PAD."""
+    window = layers.geometry(op).window
+    kh, kw = op.inputs[1].shape[1:3]
+    return (window.pad_top + leading_pad[0] <= (kh - 1) * window.dilation_h
+            and window.pad_left + leading_pad[1] <= (kw - 1) * window.dilation_w)
 
 
 def _bias(op: ir.Op):
