@@ -7,21 +7,31 @@ namespace {
 int32_t Accumulate(const QuantizedConvParams& params, const int8_t* x,
                    const SplitWeight& weight, int oh, int ow, int o) {
   const ConvGeometry& g = params.geometry;
-  int32_t acc = 0;
+  const int in = weight.in_channels;
+  const int trained = weight.train != nullptr ? weight.train_channels : 0;
+  // Unsigned, so the sum wraps like TFLM's int32 accumulator without UB; the
+  // per-tap weight rows are hoisted so the channel loops are plain dot products.
+  uint32_t acc = 0;
   for (int kh = 0; kh < g.kernel_h; ++kh) {
     const int ih = g.InputRow(oh, kh);
     if (ih < 0 || ih >= g.in_h) continue;
     for (int kw = 0; kw < g.kernel_w; ++kw) {
       const int iw = g.InputCol(ow, kw);
       if (iw < 0 || iw >= g.in_w) continue;
-      const int8_t* pixel = x + (ih * g.in_w + iw) * weight.in_channels;
-      for (int i = 0; i < weight.in_channels; ++i) {
-        const int32_t centred = static_cast<int32_t>(pixel[i]) - params.x_zero_point;
-        acc = WrappingAdd(acc, centred * weight.At(o, kh, kw, i));
+      const int8_t* pixel = x + (ih * g.in_w + iw) * in;
+      const int tap = (o * g.kernel_h + kh) * g.kernel_w + kw;
+      const int8_t* w_train = weight.train + tap * trained;
+      const int8_t* w_full = weight.full + tap * in;
+      int i = 0;
+      for (; i < trained; ++i) {
+        acc += static_cast<uint32_t>((pixel[i] - params.x_zero_point) * w_train[i]);
+      }
+      for (; i < in; ++i) {
+        acc += static_cast<uint32_t>((pixel[i] - params.x_zero_point) * w_full[i]);
       }
     }
   }
-  return acc;
+  return static_cast<int32_t>(acc);
 }
 
 }  // namespace
