@@ -14,7 +14,7 @@ namespace tflm_train {
 
 enum class Status { kOk = 0, kError = 1 };
 
-enum class DType { kFloat32, kInt32, kInt8, kOther };
+enum class DType { kFloat32, kInt32, kInt8, kUInt8, kOther };
 
 constexpr int kMaxRank = 6;
 
@@ -70,7 +70,7 @@ const KernelOps* TrainingOps(int* count);
 
 // How many ops TrainingOps() lists in a firmware build: the resolver slots
 // AddTrainingOps needs on top of the model's builtins. all_ops.cc checks it.
-constexpr int kTrainingOpCount = 11;
+constexpr int kTrainingOpCount = 12;
 
 }  // namespace tflm_train
 

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from micro_build import CORE_SOURCES, KERNEL_SOURCES, REPO, build_library, ptr
-from tflm_train.kernels_grad import conv, mean, softmax_xent, update
+from tflm_train.kernels_grad import conv, mask, mean, softmax_xent, update
 from tflm_train.kernels_grad.common import F32
 from tflm_train.kernels_grad.depthwise_conv import depthwise_conv2d, depthwise_input_grad
 from tflm_train.reference.quantization import quantize_multiplier
 from tflm_train.schema import training_ops_generated as schema
 
 OK, NO_SUCH_OP, INIT_FAILED, PREPARE_FAILED, EVAL_FAILED = range(5)
-DTYPES = {np.dtype(np.float32): 0, np.dtype(np.int32): 1, np.dtype(np.int8): 2}
-OTHER_DTYPE = 3
+DTYPES = {np.dtype(np.float32): 0, np.dtype(np.int32): 1, np.dtype(np.int8): 2, np.dtype(np.uint8): 3}
+OTHER_DTYPE = 4
 MAX_RANK = 6
 
 
@@ -219,6 +219,13 @@ def mean_grad_call() -> Call:
                 [label(0), np.arange(1, 8, dtype=F32).reshape(1, 7)], [nan_filled((1, 3, 4, 7))])
 
 
+def activation_mask_call(shape=(1, HO, WO, O), act_min: int = ACT_MIN, act_max: int = ACT_MAX) -> Call:
+    y = np.random.default_rng(RNG_SEED).integers(-128, 128, size=shape).astype(np.int8)
+    # All ones: the op must clear the bits past the last element.
+    return Call("TFLT_ACTIVATION_MASK", schema.ActivationMaskOptions(act_min=act_min, act_max=act_max), [y],
+                [np.full((y.size + 7) // 8, 0xFF, np.uint8)])
+
+
 def train_init_call(label_value: int = 0) -> Call:
     src_w = np.arange(-30, 30, dtype=np.int8).reshape(5, 2, 2, 3)
     src_b = np.arange(5, dtype=np.int32) * 1000
@@ -337,6 +344,65 @@ def test_depthwise_conv_kernel(kernels, multiplier, w_variable, bias):
                                 y_zero_point=4, act_min=ACT_MIN, act_max=ACT_MAX, depth_multiplier=multiplier)
     np.testing.assert_array_equal(call.outputs[0], expected)
     assert len(np.unique(expected)) > 10
+
+
+@pytest.mark.parametrize("shape, act_min, act_max", [
+    ((1, HO, WO, O), ACT_MIN, ACT_MAX),     # 45 elements: a partial last byte
+    ((1, 16), -128, 127),
+    ((7,), -128, 127),                      # less than a byte
+    ((2, 3, 4), 5, 5),                      # any shape; an empty range passes nothing
+])
+def test_activation_mask_kernel(kernels, shape, act_min, act_max):
+    call = activation_mask_call(shape, act_min, act_max)
+    run_ok(kernels, call)
+    expected = mask.pack_activation_mask(call.inputs[0], act_min=act_min, act_max=act_max)
+    np.testing.assert_array_equal(call.outputs[0], expected)
+
+
+# (call builder, index of its y input): every op that masks its gradient with y.
+MASKED_CALLS = {
+    "conv_input_grad": (lambda: conv_input_grad_call(make_layer()), 2),
+    "fc_input_grad": (lambda: conv_input_grad_call(make_layer(True), True), 2),
+    "depthwise_input_grad": (depthwise_input_grad_call, 2),
+    "conv_weight_grad": (lambda: conv_weight_grad_call(make_layer()), 2),
+    "bias_grad": (lambda: bias_grad_call(make_layer()), 2),
+    "conv_grad_update": (lambda: conv_grad_update_call(make_layer()), 4),
+    "fc_grad_update": (lambda: conv_grad_update_call(make_layer(True), True), 4),
+}
+
+
+def with_packed_mask(kernels, call: Call, y_index: int) -> Call:
+    """`call` reading its y's packed mask, as TFLT_ACTIVATION_MASK computes it, instead of y."""
+    y = call.inputs[y_index]
+    pack = Call("TFLT_ACTIVATION_MASK", schema.ActivationMaskOptions(act_min=call.options.act_min,
+                                                                     act_max=call.options.act_max),
+                [y], [np.zeros((y.size + 7) // 8, np.uint8)])
+    run_ok(kernels, pack)
+    call.inputs[y_index] = pack.outputs[0]
+    return call
+
+
+def results(call: Call) -> list:
+    """Outputs and every input array after a run (updates happen in place)."""
+    return [np.copy(getattr(v, "array", v)) for v in call.outputs + call.inputs if v is not None]
+
+
+@pytest.mark.parametrize("case", sorted(MASKED_CALLS))
+def test_packed_mask_gives_the_int8_y_results(kernels, case):
+    build, y_index = MASKED_CALLS[case]
+    with_y = build()
+    y = with_y.inputs[y_index]
+    passed = (y > with_y.options.act_min) & (y < with_y.options.act_max)
+    assert 0.2 < passed.mean() < 0.9  # the mask matters
+    run_ok(kernels, with_y)
+    packed = with_packed_mask(kernels, build(), y_index)
+    run_ok(kernels, packed)
+    expected = results(with_y)
+    del expected[len(with_y.outputs) + y_index]
+    actual = results(packed)
+    del actual[len(packed.outputs) + y_index]
+    for a, e in zip(actual, expected):
+        np.testing.assert_array_equal(a, e)
 
 
 def test_train_init_seeds_once_and_counts_steps(kernels):
@@ -550,6 +616,20 @@ BAD_GRAPHS = {
                                        "expected 5 to 5"),
     "depthwise_conv_y_zero_point": (depthwise_conv_call, _set_option(y_zero_point=128), "y_zero_point"),
     "depthwise_conv_act_range": (depthwise_conv_call, _set_option(act_min=10, act_max=9), "act_min must not exceed"),
+    "packed_mask_size": (lambda: conv_input_grad_call(make_layer()), _set_input(2, np.zeros(7, np.uint8)),
+                         "y (a packed mask) must have shape [6]"),
+    "packed_mask_rank": (lambda: bias_grad_call(make_layer()), _set_input(2, np.zeros((1, 6), np.uint8)),
+                         "y (a packed mask) must have shape [6]"),
+    "masked_y_type": (lambda: conv_grad_update_call(make_layer()), _set_input(4, np.zeros((1, HO, WO, O), np.int32)),
+                      "y must be int8"),
+    "mask_y_type": (activation_mask_call, _set_input(0, np.zeros((1, HO, WO, O), np.uint8)), "y must be int8"),
+    "mask_y_empty": (activation_mask_call, _set_input(0, np.zeros((1, 0), np.int8)), "y must have 1 to"),
+    "mask_output_size": (activation_mask_call, _set_output(0, np.zeros(5, np.uint8)), "mask must have shape [6]"),
+    "mask_output_type": (activation_mask_call, _set_output(0, np.zeros(6, np.int8)), "mask must be uint8"),
+    "mask_act_range": (activation_mask_call, _set_option(act_min=10, act_max=9), "act_min must not exceed"),
+    "mask_act_min": (activation_mask_call, _set_option(act_min=-129), "act_min -129 is outside"),
+    "mask_extra_input": (activation_mask_call, lambda call: call.inputs.append(None), "expected 1 to 1"),
+    "mask_missing_output": (activation_mask_call, lambda call: call.outputs.clear(), "expected 1 to 1"),
     "init_odd_inputs": (train_init_call, _drop_inputs(1), "pairs"),
     "init_dst_too_wide": (train_init_call, _set_input(3, np.zeros((5, 2, 2, 4), np.int8)), "dst must"),
     "init_dst_type": (train_init_call, _set_input(5, np.zeros(5, F32)), "dst must"),
@@ -573,6 +653,6 @@ def test_prepare_rejects_bad_graph(kernels, case):
 def test_every_contract_op_is_registered(kernels):
     for op in ("TFLT_TRAIN_INIT", "TFLT_SOFTMAX_XENT", "TFLT_CONV_INPUT_GRAD", "TFLT_DEPTHWISE_INPUT_GRAD",
                "TFLT_MEAN_GRAD", "TFLT_CONV_GRAD_UPDATE", "TFLT_CONV_WEIGHT_GRAD", "TFLT_BIAS_GRAD",
-               "TFLT_SGD_UPDATE", "TFLT_CONV_2D_SPLIT", "TFLT_DEPTHWISE_CONV_2D"):
+               "TFLT_SGD_UPDATE", "TFLT_CONV_2D_SPLIT", "TFLT_DEPTHWISE_CONV_2D", "TFLT_ACTIVATION_MASK"):
         assert Call(op, b"", [], []).run(kernels)[0] != NO_SUCH_OP, op
     assert Call("TFLT_NOT_AN_OP", b"", [], []).run(kernels)[0] == NO_SUCH_OP

@@ -1,8 +1,8 @@
 """The training kernels inside the stock TFLM interpreter (through the adapter):
 TFLT_CONV_2D_SPLIT against TFLM's own CONV_2D / FULLY_CONNECTED,
 TFLT_DEPTHWISE_CONV_2D against its DEPTHWISE_CONV_2D (with and without a folded
-PAD), and one training step (seeding, fused update, loss, inference mode) on
-variables.
+PAD), one training step (seeding, fused update, loss, inference mode) on
+variables, and TFLT_ACTIVATION_MASK's packed mask read by a backward op.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from tflite_micro.tensorflow.lite.python import schema_py_generated as tfl
 from depthwise_cases import CASES, random_case, varied
 from tflm_train import ir, tflm_runner
 from tflm_train.converter.depthwise import explicit_depthwise_conv
-from tflm_train.kernels_grad import conv, softmax_xent
+from tflm_train.kernels_grad import conv, mask as mask_ops, softmax_xent
+from tflm_train.kernels_grad.depthwise_conv import depthwise_input_grad
 from tflm_train.kernels_grad.common import F32
 from tflm_train.reference.quantization import activation_range, quantize_multiplier
 from tflm_train.schema import training_ops_generated as schema
@@ -179,3 +180,34 @@ def test_training_step_in_tflm():
         assert session.tensor(index["state"]).tolist() == [1, 1]
         np.testing.assert_array_equal(session.tensor(index["w_train"]), w_expected)
         np.testing.assert_array_equal(session.tensor(index["b_train"]), b_expected)
+
+
+def test_packed_activation_mask_in_tflm():
+    """TFLT_ACTIVATION_MASK's uint8 output through the adapter, and a depthwise input gradient
+    reading it gives the one reading the int8 activation, bit for bit."""
+    rng = np.random.default_rng(13)
+    c, m, act_min, act_max = 3, 2, -20, 100
+    y = ir.Tensor("y", (1, 3, 3, c * m), np.int8)
+    packed = ir.Tensor("y/mask", ((y.size + 7) // 8,), np.uint8)
+    label, dy = ir.Tensor("label", (1,), np.int32), ir.Tensor("dy", y.shape, np.float32)
+    w = ir.Tensor("w", (1, 3, 3, c * m), np.int8, data=rng.integers(-127, 128, size=(1, 3, 3, c * m)))
+    w_scale = ir.Tensor("w_scale", (c * m,), np.float32, data=rng.uniform(0.001, 0.01, size=c * m))
+    grad_options = schema.ConvGradOptions(stride_h=2, stride_w=2, pad_top=1, pad_left=1, input_height=6,
+                                          input_width=5, input_channels=c, depth_multiplier=m, act_min=act_min,
+                                          act_max=act_max)
+    dx = [ir.Tensor(f"dx_{form}", (1, 6, 5, c), np.float32) for form in ("int8", "packed")]
+    ops = [ir.Op("TFLT_ACTIVATION_MASK", [y], [packed], custom=True,
+                 custom_options=schema.ActivationMaskOptions(act_min=act_min, act_max=act_max).to_bytes())]
+    ops += [ir.Op("TFLT_DEPTHWISE_INPUT_GRAD", [label, dy, mask, w, w_scale], [out], custom=True,
+                  custom_options=grad_options.to_bytes()) for mask, out in zip((y, packed), dx)]
+    y_value = rng.integers(-128, 128, size=y.shape).astype(np.int8)
+    dy_value = rng.standard_normal(dy.shape).astype(F32)
+    with tflm_runner.TflmSession(ir.emit(graph_of(ops, [y, dy, label], [packed, *dx]))) as session:
+        bits, dx_int8, dx_packed = session.invoke([y_value, dy_value, np.array([0], np.int32)])
+    np.testing.assert_array_equal(bits, mask_ops.pack_activation_mask(y_value, act_min=act_min, act_max=act_max))
+    np.testing.assert_array_equal(dx_packed, dx_int8)
+    expected = depthwise_input_grad(dy_value, y_value, w.data, w_scale.data, stride_h=2, stride_w=2, pad_top=1,
+                                    pad_left=1, input_height=6, input_width=5, input_channels=c, depth_multiplier=m,
+                                    act_min=act_min, act_max=act_max)
+    np.testing.assert_array_equal(dx_int8, expected)
+    assert 0 < (bits != 0).sum() and (dx_int8 != 0).any()

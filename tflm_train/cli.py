@@ -1,6 +1,7 @@
 """tflm-train command line (absl, like TFLM's own tools).
 
   tflm-train convert IN.tflite --sparse-scheme S.json -o OUT.tflite [--no-reorder] [--rounding nearest|stochastic]
+             [--no-qas] [--stock-forward] [--no-activation-masks]
   tflm-train inspect MODEL.tflite [--json] [--measure]
   tflm-train import-mcunet MODEL.pkl -o OUT.tflite [--num-classes N] [--resolution R]
   tflm-train train MODEL_TRAIN.tflite --data D [--epochs E] [--lr LR] [--lr-schedule cosine|constant] [--seed S]
@@ -23,6 +24,8 @@ flags.DEFINE_enum("rounding", "nearest", ["nearest", "stochastic"], "convert: ro
 flags.DEFINE_bool("no-qas", False, "convert: plain int8 SGD without quantization-aware scaling (ablation)")
 flags.DEFINE_bool("stock-forward", False, "convert: keep TFLM's builtin forward conv kernels (e.g. CMSIS-NN): "
                   "faster on a device, more arena")
+flags.DEFINE_bool("no-activation-masks", False, "convert: the backward reads the saved int8 activations instead of "
+                  "their packed TFLT_ACTIVATION_MASK bits (8x more arena for them)")
 flags.DEFINE_bool("json", False, "inspect: print one JSON object")
 flags.DEFINE_bool("measure", False, "inspect: also measure the arena in the stock TFLM interpreter")
 flags.DEFINE_integer("num-classes", None, "import-mcunet: replace the classifier head")
@@ -64,7 +67,8 @@ def cmd_convert(argv: list) -> None:
     graph = ir.load_file(source)
     options = pipeline.ConvertOptions(reorder=not FLAGS["no-reorder"].value, rounding=FLAGS.rounding,
                                       qas=not FLAGS["no-qas"].value,
-                                      lower_forward=not FLAGS["stock-forward"].value)
+                                      lower_forward=not FLAGS["stock-forward"].value,
+                                      activation_masks=not FLAGS["no-activation-masks"].value)
     pipeline.convert(graph, scheme.load_scheme_file(scheme_path), options)
     ir.save_file(graph, out)
     print(f"wrote {out}")

@@ -41,6 +41,8 @@ DType ToDType(TfLiteType type) {
       return DType::kInt32;
     case kTfLiteInt8:
       return DType::kInt8;
+    case kTfLiteUInt8:
+      return DType::kUInt8;
     default:
       return DType::kOther;
   }

@@ -64,17 +64,24 @@ const char* CheckConvGeometry(const ConvGeometry& g);
 
 // Straight-through estimator of a fused ReLU/ReLU6: the gradient passes only
 // where the forward int8 output `y` was strictly inside (act_min, act_max).
-// Without `y` (no fused activation) it always passes.
+// TFLT_ACTIVATION_MASK saves that test as `bits` (element i: bit i % 8 of
+// byte i / 8), so the backward need not keep `y` alive; `bits` replaces `y`.
+// With neither (no fused activation) the gradient always passes.
 struct ActivationMask {
   const int8_t* y = nullptr;
   int32_t act_min = -128;
   int32_t act_max = 127;
+  const uint8_t* bits = nullptr;
 
-  float Apply(float dy, int index) const {
-    if (y == nullptr) return dy;
+  static int PackedBytes(int count) { return (count + 7) / 8; }
+
+  bool Passes(int index) const {
+    if (bits != nullptr) return ((bits[index >> 3] >> (index & 7)) & 1) != 0;
+    if (y == nullptr) return true;
     const int32_t v = y[index];
-    return (act_min < v && v < act_max) ? dy : 0.0f;
+    return act_min < v && v < act_max;
   }
+  float Apply(float dy, int index) const { return Passes(index) ? dy : 0.0f; }
 };
 
 }  // namespace core

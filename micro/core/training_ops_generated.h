@@ -324,6 +324,24 @@ inline bool ReadDepthwiseConvOptions(const uint8_t* buf, size_t size, DepthwiseC
   return true;
 }
 
+// Options of TFLT_ACTIVATION_MASK.
+struct ActivationMaskOptions {
+  int32_t act_min = -128;
+  int32_t act_max = 127;
+};
+
+inline bool ReadActivationMaskOptions(const uint8_t* buf, size_t size, ActivationMaskOptions* out) {
+  ActivationMaskOptions options;
+  detail::Table table;
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) &&
+                     detail::ReadField(table, 0, &options.act_min) &&
+                     detail::ReadField(table, 1, &options.act_max))) {
+    return false;
+  }
+  *out = options;
+  return true;
+}
+
 }  // namespace tflm_train::schema
 
 #endif  // TFLM_TRAIN_MICRO_CORE_TRAINING_OPS_GENERATED_H_

@@ -23,6 +23,7 @@ const KernelOps* TrainingOps(int* count) {
       SgdUpdateOp(),
       Conv2DSplitOp(),
       DepthwiseConvOp(),
+      ActivationMaskOp(),
   };
 #ifdef TFLM_TRAIN_ABI_CANARY
   constexpr int kExtraOps = 1;

@@ -46,12 +46,11 @@ Status Eval(KernelContext& ctx, void* op_data) {
   kernels::EvalTensors tensors(ctx, kName);
   const int32_t* label = tensors.In<const int32_t>(kLabel);
   const float* dy = tensors.In<const float>(kDy);
-  const int8_t* y = tensors.In<const int8_t>(kY, data.has_y);
+  const core::ActivationMask mask = tensors.Mask(
+      kY, data.has_y, data.options.act_min, data.options.act_max);
   float* db = tensors.Out<float>(0);
   if (!tensors.ok()) return Status::kError;
   if (label[0] < 0) return Status::kOk;
-  const core::ActivationMask mask{y, data.options.act_min,
-                                  data.options.act_max};
   for (int o = 0; o < data.bias_channels; ++o) {
     db[o] = core::BiasGrad(data.dy.h * data.dy.w, data.dy.c, mask, dy, o);
   }

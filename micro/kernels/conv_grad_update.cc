@@ -85,7 +85,8 @@ Status Eval(KernelContext& ctx, void* op_data) {
   const float* lr = tensors.In<const float>(kLr);
   const int32_t* state = tensors.In<const int32_t>(kState);
   const float* dy = tensors.In<const float>(kDy);
-  const int8_t* y = tensors.In<const int8_t>(kY, data.has_y);
+  const core::ActivationMask mask = tensors.Mask(
+      kY, data.has_y, data.options.act_min, data.options.act_max);
   const int8_t* x = tensors.In<const int8_t>(kX, data.has_weight);
   core::TrainableParam<int8_t> weight;
   weight.data = tensors.In<int8_t>(kWTrain, data.has_weight);
@@ -99,8 +100,6 @@ Status Eval(KernelContext& ctx, void* op_data) {
   bias.channels = data.bias_channels;
   if (!tensors.ok()) return Status::kError;
   if (label[0] < 0) return Status::kOk;
-  const core::ActivationMask mask{y, data.options.act_min,
-                                  data.options.act_max};
   const core::TrainingStep step{lr[0], data.options.rounding, state[1]};
   core::ConvGradUpdate(data.spec, mask, dy, x, step, weight, bias);
   return Status::kOk;

@@ -41,13 +41,12 @@ Status Eval(KernelContext& ctx, void* op_data) {
   kernels::EvalTensors tensors(ctx, kName);
   const int32_t* label = tensors.In<const int32_t>(kLabel);
   const float* dy = tensors.In<const float>(kDy);
-  const int8_t* y = tensors.In<const int8_t>(kY, data.has_y);
+  const core::ActivationMask mask = tensors.Mask(
+      kY, data.has_y, data.options.act_min, data.options.act_max);
   const int8_t* x = tensors.In<const int8_t>(kX);
   float* dw = tensors.Out<float>(0);
   if (!tensors.ok()) return Status::kError;
   if (label[0] < 0) return Status::kOk;
-  const core::ActivationMask mask{y, data.options.act_min,
-                                  data.options.act_max};
   for (int o = 0; o < data.spec.out_channels; ++o) {
     core::ForEachWeightGrad(data.spec, mask, dy, x, o,
                             [dw](int element, float g) { dw[element] = g; });

@@ -56,14 +56,13 @@ Status Eval(KernelContext& ctx, void* op_data) {
   kernels::EvalTensors tensors(ctx, kName);
   const int32_t* label = tensors.In<const int32_t>(kLabel);
   const float* dy = tensors.In<const float>(kDy);
-  const int8_t* y = tensors.In<const int8_t>(kY, data.has_y);
+  const core::ActivationMask mask = tensors.Mask(
+      kY, data.has_y, data.options.act_min, data.options.act_max);
   const int8_t* w = tensors.In<const int8_t>(kW);
   const float* w_scale = tensors.In<const float>(kWScale);
   float* dx = tensors.Out<float>(0);
   if (!tensors.ok()) return Status::kError;
   if (label[0] < 0) return Status::kOk;
-  const core::ActivationMask mask{y, data.options.act_min,
-                                  data.options.act_max};
   core::DepthwiseInputGrad(data.geometry, mask, dy, w, w_scale,
                            data.options.input_channels,
                            data.options.depth_multiplier, dx);

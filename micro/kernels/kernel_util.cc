@@ -12,6 +12,8 @@ const char* TypeName(DType type) {
       return "int32";
     case DType::kInt8:
       return "int8";
+    case DType::kUInt8:
+      return "uint8";
     case DType::kOther:
       break;
   }
@@ -199,9 +201,15 @@ bool Checker::Gradient(int dy_index, int y_index, int32_t act_min,
     return false;
   }
   *has_y = Optional(y_index, &y);
+  if (!*has_y) return true;
+  if (y.type == DType::kUInt8) {
+    return Vector(y, "y (a packed mask)", DType::kUInt8,
+                  core::ActivationMask::PackedBytes(
+                      static_cast<int>(dy.NumElements())));
+  }
   Image y_image;
-  return !*has_y || (AsImage(y, "y", DType::kInt8, false, &y_image) &&
-                     ImageIs(y_image, "y", *dy_image));
+  return AsImage(y, "y", DType::kInt8, false, &y_image) &&
+         ImageIs(y_image, "y", *dy_image);
 }
 
 bool Checker::Geometry(const core::ConvGeometry& geometry) {
@@ -229,6 +237,20 @@ bool Checker::HasData(const TensorView& t, const char* name) {
   if (t.data != nullptr) return true;
   ctx_.Report("%s: %s must be a constant tensor", op_, name);
   return false;
+}
+
+core::ActivationMask EvalTensors::Mask(int index, bool present,
+                                       int32_t act_min, int32_t act_max) {
+  TensorView t;
+  const bool found = ctx_.Input(index, &t);
+  const void* data = Check(found, t.data, present, "input", index);
+  core::ActivationMask mask{nullptr, act_min, act_max};
+  if (t.type == DType::kUInt8) {
+    mask.bits = static_cast<const uint8_t*>(data);
+  } else {
+    mask.y = static_cast<const int8_t*>(data);
+  }
+  return mask;
 }
 
 void* EvalTensors::Check(bool present, void* data, bool required,

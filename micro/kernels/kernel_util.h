@@ -150,8 +150,9 @@ class Checker {
   }
   bool Int8Range(int32_t value, const char* name);
   bool ActivationRange(int32_t act_min, int32_t act_max);
-  // An incoming gradient dy (float32 image) and the optional forward output
-  // y (int8, the same image) whose activation range masks it.
+  // An incoming gradient dy (float32 image) and its optional activation
+  // mask y: the forward output (int8, the same image) or that output's
+  // TFLT_ACTIVATION_MASK (uint8 [ceil(elements of dy / 8)]).
   bool Gradient(int dy_index, int y_index, int32_t act_min, int32_t act_max,
                 Image* dy_image, bool* has_y);
   bool Geometry(const core::ConvGeometry& geometry);
@@ -188,6 +189,10 @@ class EvalTensors {
     const bool present = ctx_.Output(index, &t);
     return static_cast<T*>(Check(present, t.data, true, "output", index));
   }
+  // The activation mask of the y input Checker::Gradient accepted (int8
+  // values or packed bits); `present` as Gradient's has_y.
+  core::ActivationMask Mask(int index, bool present, int32_t act_min,
+                            int32_t act_max);
   bool ok() const { return ok_; }
 
  private:

@@ -17,6 +17,7 @@ const KernelOps& BiasGradOp();               // TFLT_BIAS_GRAD
 const KernelOps& SgdUpdateOp();              // TFLT_SGD_UPDATE
 const KernelOps& Conv2DSplitOp();            // TFLT_CONV_2D_SPLIT
 const KernelOps& DepthwiseConvOp();          // TFLT_DEPTHWISE_CONV_2D
+const KernelOps& ActivationMaskOp();         // TFLT_ACTIVATION_MASK
 
 }  // namespace tflm_train
 

@@ -22,6 +22,7 @@ size_t ElementSize(DType type) {
     case DType::kInt32:
     case DType::kFloat32:
       return 4;
+    case DType::kUInt8:
     case DType::kOther:
       break;
   }

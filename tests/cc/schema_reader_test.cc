@@ -106,6 +106,11 @@ void PrintFields(const s::DepthwiseConvOptions& options) {
   FIELD(depth_multiplier);
 }
 
+void PrintFields(const s::ActivationMaskOptions& options) {
+  FIELD(act_min);
+  FIELD(act_max);
+}
+
 template <typename Options>
 int ReadAll(bool (*read)(const uint8_t*, size_t, Options*)) {
   uint8_t header[4];
@@ -140,6 +145,7 @@ int main(int argc, char** argv) {
   if (!std::strcmp(table, "SgdUpdateOptions")) return ReadAll(s::ReadSgdUpdateOptions);
   if (!std::strcmp(table, "SplitConvOptions")) return ReadAll(s::ReadSplitConvOptions);
   if (!std::strcmp(table, "DepthwiseConvOptions")) return ReadAll(s::ReadDepthwiseConvOptions);
+  if (!std::strcmp(table, "ActivationMaskOptions")) return ReadAll(s::ReadActivationMaskOptions);
   std::fprintf(stderr, "usage: %s <OptionsTable> < records\n", argv[0]);
   return 2;
 }

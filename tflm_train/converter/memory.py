@@ -34,6 +34,7 @@ OP_DATA_BYTES = {
     "TFLT_TRAIN_INIT": 16, "TFLT_SOFTMAX_XENT": 16, "TFLT_CONV_2D_SPLIT": 160, "TFLT_DEPTHWISE_CONV_2D": 128,
     "TFLT_CONV_GRAD_UPDATE": 144, "TFLT_CONV_INPUT_GRAD": 144, "TFLT_DEPTHWISE_INPUT_GRAD": 112,
     "TFLT_MEAN_GRAD": 16, "TFLT_CONV_WEIGHT_GRAD": 144, "TFLT_BIAS_GRAD": 80, "TFLT_SGD_UPDATE": 32,
+    "TFLT_ACTIVATION_MASK": 16,
 }
 OTHER_OP_DATA_BYTES = 64      # a kind not calibrated above
 # Per-channel-quantized weights: two arrays (multiplier, shift), an int32 per output channel in each.

@@ -1,4 +1,5 @@
-"""The conversion pipeline: load → trainables → autodiff (pruned) → schedule → rewrite forward → lower → emit."""
+"""The conversion pipeline: load → trainables → autodiff (pruned) → schedule → rewrite forward → lower →
+pack activation masks → emit."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from tflm_train import ir
-from tflm_train.converter import layers, lowering, metadata, scheme as schemes
+from tflm_train.converter import layers, lowering, masks, metadata, scheme as schemes
 from tflm_train.converter.autodiff import GradContext, TrainingIO, differentiate, tensors_needing_grad
 from tflm_train.converter.schedule import schedule
 from tflm_train.converter.trainables import make_params
@@ -24,6 +25,7 @@ class ConvertOptions:
     rounding: str = "nearest"
     qas: bool = True
     lower_forward: bool = True     # False: TFLM's builtin forward kernels (e.g. CMSIS-NN), more arena
+    activation_masks: bool = True  # False: the backward reads the int8 activations, more arena
 
 
 def convert(graph: ir.Graph, scheme_source: dict, options: ConvertOptions = ConvertOptions()) -> ir.Graph:
@@ -63,6 +65,8 @@ def convert(graph: ir.Graph, scheme_source: dict, options: ConvertOptions = Conv
 
     steps = [init_op] + forward + [loss_op] + backward
     graph.ops = lowering.lower_forward(graph, steps) if options.lower_forward else steps
+    if options.activation_masks:
+        graph.ops = masks.pack_masks(graph, graph.ops)
     image_inputs = list(graph.inputs)
     graph.inputs = image_inputs + [io.label, io.learning_rate]
     graph.outputs = list(graph.outputs) + [io.loss]

@@ -26,17 +26,36 @@ _EXP_UNDERFLOW = F32(-87.0)
 _TWO_POW_M24 = F32(5.96046448e-08)
 
 
+def activation_passes(y, act_min: int, act_max: int) -> np.ndarray:
+    """Where a fused activation clamp passes the gradient: act_min < y < act_max (bool, elementwise)."""
+    y = np.asarray(y).astype(np.int32)
+    return (y > act_min) & (y < act_max)
+
+
+def packed_mask_bytes(count: int) -> int:
+    """Bytes of the packed activation mask of `count` elements (8 a byte)."""
+    return (count + 7) // 8
+
+
 def activation_mask(dy: np.ndarray, y, act_min: int, act_max: int) -> np.ndarray:
     """Straight-through estimator of the fused activation clamp: `md`.
 
-    `y` (the layer's int8 forward output, same element count as `dy`) is None when
-    the layer has no fused activation; then the gradient passes unchanged.
+    `y` is None when the layer has no fused activation (the gradient passes unchanged);
+    otherwise the layer's int8 forward output (same element count as `dy`), or its packed
+    uint8 mask `[ceil(N/8)]` (TFLT_ACTIVATION_MASK with this act_min/act_max; element i of
+    `dy` in row-major order is bit i % 8 of byte i // 8), which passes the same elements.
     """
     dy = np.asarray(dy, F32)
     if y is None:
         return dy
-    y = np.asarray(y).reshape(dy.shape).astype(np.int32)
-    return np.where((y > act_min) & (y < act_max), dy, F32(0.0))
+    y = np.asarray(y)
+    if y.dtype != np.uint8:
+        return np.where(activation_passes(y.reshape(dy.shape), act_min, act_max), dy, F32(0.0))
+    if y.size != packed_mask_bytes(dy.size):
+        raise UserError(f"a packed activation mask of {dy.size} elements has {packed_mask_bytes(dy.size)} bytes, "
+                        f"got {y.size}")
+    passes = np.unpackbits(y.reshape(-1), count=dy.size, bitorder="little").reshape(dy.shape)
+    return np.where(passes != 0, dy, F32(0.0))
 
 
 def exp_ref(x) -> np.ndarray:

@@ -203,6 +203,18 @@ class DepthwiseConvOptions(Table):
     )
 
 
+# Options of TFLT_ACTIVATION_MASK.
+@dataclass
+class ActivationMaskOptions(Table):
+    act_min: int = -128
+    act_max: int = 127
+
+    FIELDS = (
+        Field("act_min", "scalar", "i", None, -128),
+        Field("act_max", "scalar", "i", None, 127),
+    )
+
+
 # One trainable parameter: an is_variable tensor seeded from a flash constant.
 @dataclass
 class Trainable(Table):
@@ -276,4 +288,5 @@ OPTIONS_BY_OP = {
     "TFLT_SGD_UPDATE": SgdUpdateOptions,
     "TFLT_CONV_2D_SPLIT": SplitConvOptions,
     "TFLT_DEPTHWISE_CONV_2D": DepthwiseConvOptions,
+    "TFLT_ACTIVATION_MASK": ActivationMaskOptions,
 }

@@ -22,6 +22,7 @@ typedef enum TfLiteStatus { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;
 typedef enum {
   kTfLiteFloat32 = 1,
   kTfLiteInt32 = 2,
+  kTfLiteUInt8 = 3,
   kTfLiteInt8 = 9,
 } TfLiteType;
 
