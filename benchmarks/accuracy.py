@@ -1,6 +1,6 @@
 """Transfer-learning accuracy vs measured training memory on Fashion-MNIST (the paper's Fig. 8/9 setup).
 
-    python benchmarks/accuracy.py [--quick | --sweep] [--only KEY,...] [--seed 0] [--shared ../shared]
+    python benchmarks/accuracy.py [--quick | --sweep] [--only KEY,...] [--seed 0] [--jobs 1] [--shared ../shared]
         [--data /usr/share/datasets/fashion-mnist] [--out build/accuracy]
         [--results benchmarks/RESULTS.md] [--plot accuracy_vs_memory.png]
 
@@ -24,6 +24,7 @@ seed), prints the markdown table, writes the accuracy-vs-memory plot and, with
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -217,19 +218,42 @@ def model_datasets(subsets: dict, spec: data.InputSpec, work: str) -> dict:
 
 # ---------------------------------------------------------------- runs
 
-def int8_run(run: Run, model_bytes: bytes, paper_model_bytes: bytes, datasets: dict, settings: Settings,
-             lr: float, seed: int) -> dict:
-    """Converts with the run's scheme, measures the step's arena, trains and tests in TFLM."""
+@dataclasses.dataclass
+class Subject:
+    """One model, imported for the benchmark, and the data in its input form."""
+    name: str
+    model_bytes: bytes            # at the benchmark resolution, with a new CLASSES-class head
+    paper_model_bytes: bytes      # the same at PAPER_RESOLUTION, for its memory only
+    datasets: dict                # "train", "val" and (unless sweeping) "test": tflm_train.data.Dataset
+
+
+def prepare(model: str, shared: str, subsets: dict, settings: Settings, seed: int, work: str) -> Subject:
+    pickle_path = os.path.join(shared, f"{model}.pkl")
+    imported = {resolution: ir.emit(import_mcunet(pickle_path, num_classes=CLASSES, resolution=resolution, seed=seed))
+                for resolution in (settings.resolution, PAPER_RESOLUTION)}
+    model_bytes = imported[settings.resolution]
+    return Subject(model, model_bytes, imported[PAPER_RESOLUTION], model_datasets(subsets, input_spec(model_bytes), work))
+
+
+def input_spec(model_bytes: bytes) -> data.InputSpec:
+    """What the model's image input takes (InputSpec reads a training model; any scheme has the same input)."""
+    graph = ir.load(model_bytes)
+    pipeline.convert(graph, {"bias": "none", "weights": [], "classifier": True})
+    return data.InputSpec.of_model(graph)
+
+
+def int8_run(subject: Subject, run: Run, config: train.TrainConfig) -> dict:
+    """Converts with the run's scheme, trains and tests in TFLM, and measures the training step's arena."""
     options = pipeline.ConvertOptions(rounding=run.rounding, qas=run.qas)
-    training = convert(model_bytes, run, options)
-    config = train.TrainConfig(epochs=settings.epochs, lr=lr, lr_schedule="cosine", seed=seed)
+    training = convert(subject.model_bytes, run, options)
+    datasets = subject.datasets
     with tflm_runner.TflmSession(training, preserve_all_tensors=True) as session:
-        result = train.train(training, datasets["train"], datasets["val"], config, progress=None, session=session)
+        metrics = train.train(training, datasets["train"], datasets["val"], config, progress=None,
+                              session=session).metrics
         test = train.evaluate(session, datasets["test"], SCORES_OUTPUT) if "test" in datasets else None
-    metrics = result.metrics
+    paper_training = convert(subject.paper_model_bytes, run, options)
     return {"peak_sram_bytes": measure.measure(training)["peak_sram_bytes"],
-            "peak_sram_bytes_at_paper_resolution": measure.measure(convert(paper_model_bytes, run, options))[
-                "peak_sram_bytes"],
+            "peak_sram_bytes_at_paper_resolution": measure.measure(paper_training)["peak_sram_bytes"],
             "trainable_bytes": metrics["model"]["trainable_bytes"],
             "initial_eval_accuracy": metrics["initial_eval_accuracy"], "epochs": metrics["epochs"],
             "final_eval_accuracy": metrics["final_eval_accuracy"], "test_accuracy": test,
@@ -242,30 +266,28 @@ def convert(model_bytes: bytes, run: Run, options: pipeline.ConvertOptions) -> b
     return ir.emit(graph)
 
 
-def fp32_run(model_bytes: bytes, datasets: dict, settings: Settings, lr: float, seed: int, job_path: str) -> dict:
+def fp32_run(subject: Subject, config: train.TrainConfig, work: str) -> dict:
     """The TensorFlow baseline in its own process, with the int8 runs' sample order and schedule."""
-    config = train.TrainConfig(epochs=settings.epochs, lr=lr, lr_schedule="cosine", seed=seed)
-    total = config.epochs * len(datasets["train"])
+    datasets = subject.datasets
+    samples = len(datasets["train"])
+    total = config.epochs * samples
     # The order train.train() visits the training samples in for this seed.
-    rng = np.random.default_rng(seed)
-    order = np.array([rng.permutation(len(datasets["train"])) for _ in range(config.epochs)], np.int64)
-    test = datasets.get("test", datasets["val"])
-    job = float_network.export(ir.load(model_bytes))
-    job.update(x_train=datasets["train"].x, y_train=datasets["train"].y, x_val=datasets["val"].x,
-               y_val=datasets["val"].y, x_test=test.x, y_test=test.y, order=order,
+    rng = np.random.default_rng(config.seed)
+    job = float_network.export(ir.load(subject.model_bytes))
+    job.update(order=np.array([rng.permutation(samples) for _ in range(config.epochs)], np.int64),
                learning_rates=np.array([config.learning_rate(s, total) for s in range(total)], np.float32),
                probe_count=np.array(PROBE_IMAGES))
-    np.savez(job_path, **job)
+    for name, dataset in datasets.items():
+        job.update({f"x_{name}": dataset.x, f"y_{name}": dataset.y})
+    job_path = os.path.join(work, f"{subject.name}_fp32_lr{config.lr:g}.npz")
     metrics_path = os.path.splitext(job_path)[0] + ".json"
+    np.savez(job_path, **job)
     result = subprocess.run([sys.executable, FP32_FINETUNE, job_path, metrics_path], capture_output=True, text=True)
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()
         raise UserError(f"the fp32 TensorFlow run failed: {lines[-1] if lines else f'exit status {result.returncode}'}")
     with open(metrics_path) as f:
-        metrics = json.load(f)
-    if "test" not in datasets:
-        metrics["test_accuracy"] = None
-    return metrics
+        return json.load(f)
 
 
 def probe_agreement(model_bytes: bytes, float_logits: list, probe: np.ndarray) -> dict:
@@ -292,38 +314,35 @@ def probe_agreement(model_bytes: bytes, float_logits: list, probe: np.ndarray) -
 
 # ---------------------------------------------------------------- driver
 
-def benchmark_model(model: str, shared: str, datasets_for, settings: Settings, runs: list, lrs: dict,
-                    seed: int, work: str) -> dict:
-    """Every run of `runs` on one model; `lrs(run)` lists the learning rates to train it with."""
-    pickle_path = os.path.join(shared, f"{model}.pkl")
-    model_bytes = ir.emit(import_mcunet(pickle_path, num_classes=CLASSES, resolution=settings.resolution, seed=seed))
-    paper_bytes = ir.emit(import_mcunet(pickle_path, num_classes=CLASSES, resolution=PAPER_RESOLUTION, seed=seed))
-    datasets = datasets_for(input_spec(model_bytes))
-    records, sanity = [], None
-    for run in runs:
-        for lr in lrs(run):
-            if run.scheme is None:
-                job = os.path.join(work, f"{model}_fp32_{lr:g}.npz")
-                metrics = fp32_run(model_bytes, datasets, settings, lr, seed, job)
-                if sanity is None:
-                    probe = datasets.get("test", datasets["val"]).x[:PROBE_IMAGES]
-                    sanity = probe_agreement(model_bytes, metrics.pop("probe_logits"), probe)
-                metrics.pop("probe_logits", None)
-                metrics.update(peak_sram_bytes=None, peak_sram_bytes_at_paper_resolution=None, trainable_bytes=None)
-            else:
-                metrics = int8_run(run, model_bytes, paper_bytes, datasets, settings, lr, seed)
-            record = {"key": run.key, "label": run.label, "family": run.family, "qas": run.qas,
-                      "rounding": run.rounding, "budget_kb": run.budget_kb, "lr": lr, **metrics}
-            records.append(record)
-            print(accuracy_report.progress_line(model, record), file=sys.stderr, flush=True)
-    return {"probe_agreement": sanity, "runs": records}
+def benchmark_model(subject: Subject, plan: list, settings: Settings, seed: int, work: str, jobs: int) -> dict:
+    """Trains every (run, learning rate) of `plan` on one model, `jobs` at a time (each in its own processes)."""
+    def one(run_and_lr) -> dict:
+        run, lr = run_and_lr
+        config = train.TrainConfig(epochs=settings.epochs, lr=lr, lr_schedule="cosine", seed=seed)
+        if run.scheme is None:
+            metrics = fp32_run(subject, config, work)
+            metrics.update(peak_sram_bytes=None, peak_sram_bytes_at_paper_resolution=None, trainable_bytes=None)
+        else:
+            metrics = int8_run(subject, run, config)
+        record = {"key": run.key, "label": run.label, "family": run.family, "qas": run.qas,
+                  "rounding": run.rounding, "budget_kb": run.budget_kb, "lr": lr, **metrics}
+        print(accuracy_report.progress_line(subject.name, record), file=sys.stderr, flush=True)
+        return record
+
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        records = list(pool.map(one, plan))
+    float_logits = [r.pop("probe_logits") for r in records if "probe_logits" in r]
+    probe = probe_agreement(subject.model_bytes, float_logits[0], subject.datasets["val"].x[:PROBE_IMAGES]) \
+        if float_logits else None
+    return {"probe_agreement": probe, "runs": records}
 
 
-def input_spec(model_bytes: bytes) -> data.InputSpec:
-    """What the model's image input takes (InputSpec reads a training model; any scheme has the same input)."""
-    graph = ir.load(model_bytes)
-    pipeline.convert(graph, {"bias": "none", "weights": [], "classifier": True})
-    return data.InputSpec.of_model(graph)
+def run_plan(model: str, settings: Settings, sweep: bool) -> list:
+    """(run, learning rate) pairs: every family representative at every swept rate, or the benchmark's runs."""
+    if sweep:
+        return [(run, lr) for run in sweep_runs(model) for lr in SWEEP_GRID[run.family]]
+    return [(run, LEARNING_RATES[run.family]) for run in runs_for(model)
+            if settings.runs is None or run.key in settings.runs]
 
 
 def run_benchmark(args, settings: Settings, sweep: bool) -> dict:
@@ -335,13 +354,9 @@ def run_benchmark(args, settings: Settings, sweep: bool) -> dict:
                "learning_rates": SWEEP_GRID if sweep else LEARNING_RATES,
                "data": {name: len(labels) for name, (_, labels) in subsets.items()}, "models": {}}
     for model in settings.models:
-        if sweep:
-            runs, lrs = sweep_runs(model), lambda run: SWEEP_GRID[run.family]
-        else:
-            runs = [r for r in runs_for(model) if settings.runs is None or r.key in settings.runs]
-            lrs = lambda run: (LEARNING_RATES[run.family],)
-        results["models"][model] = benchmark_model(
-            model, args.shared, lambda spec: model_datasets(subsets, spec, work), settings, runs, lrs, args.seed, work)
+        subject = prepare(model, args.shared, subsets, settings, args.seed, work)
+        results["models"][model] = benchmark_model(subject, run_plan(model, settings, sweep), settings, args.seed,
+                                                   work, args.jobs)
     results["seconds"] = time.perf_counter() - started
     return results
 
@@ -358,6 +373,7 @@ def main() -> None:
     mode.add_argument("--sweep", action="store_true", help="learning-rate sweep on the validation split")
     parser.add_argument("--only", help="comma-separated run keys (e.g. classifier,sparse-49kb) to run alone")
     parser.add_argument("--seed", type=int, default=0, help="subsets, new head, sample order")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (results do not depend on it)")
     parser.add_argument("--shared", default=os.path.join(os.path.dirname(REPO), "shared"),
                         help="reference data directory with models/tiny-training/")
     parser.add_argument("--data", default=FASHION_MNIST, help="folder with the Fashion-MNIST IDX files")
@@ -367,6 +383,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.seed < 0:
         parser.error("--seed must be >= 0")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     args.shared = os.path.join(args.shared, "models", "tiny-training")
     missing = [m for m in MODELS if not os.path.isfile(os.path.join(args.shared, f"{m}.pkl"))]
     if missing:

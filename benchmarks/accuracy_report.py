@@ -61,7 +61,7 @@ def probe_lines(results: dict) -> list:
     for model, result in results["models"].items():
         p = result["probe_agreement"]
         if p:
-            lines.append(f"{model}: float vs int8 logits before training on {p['images']} test images: correlation "
+            lines.append(f"{model}: float vs int8 logits before training on {p['images']} validation images: correlation "
                          f"{p['correlation']:.4f}, max |Δ| {p['max_abs_diff']:.2f} ({p['max_abs_diff'] / p['logit_lsb']:.1f} "
                          f"logit LSB), same argmax {p['argmax_agreement']:.0%}")
     return lines

@@ -4,14 +4,14 @@
 
 Runs in its own process and never imports tflm_train or tflite_micro (they must
 not share a process with TensorFlow). JOB.npz, written by accuracy.py, holds the
-float network (float_network.py), the int8 datasets (x_train/y_train, x_val/y_val,
-x_test/y_test, dequantised here with the input's scale and zero point), the sample
-order and the learning rate of every step: the int8 runs' batch-1 SGD with the
+float network (float_network.py), the int8 datasets (x_train/y_train, x_val/y_val and,
+unless sweeping, x_test/y_test; dequantised here with the input's scale and zero
+point), the sample order and the learning rate of every step: the int8 runs' batch-1 SGD with the
 same order and schedule, so only the arithmetic differs. Float SGD updates every
 weight and bias (w -= lr * dL/dw). Deterministic: TensorFlow's op determinism is on.
 
 METRICS.json: initial and per-epoch eval (x_val) accuracy, per-epoch train loss and
-accuracy, test accuracy, the initial logits of the first `probe_count` test images
+accuracy, test accuracy, the initial logits of the first `probe_count` x_val images
 (the sanity check against the int8 model) and the wall-clock seconds.
 """
 from __future__ import annotations
@@ -92,7 +92,7 @@ def finetune(job) -> dict:
                                     for i in range(0, len(x), EVAL_BATCH)])
         return float(np.mean(predicted == y))
 
-    probe = job["x_test"][:int(job["probe_count"])]
+    probe = job["x_val"][:int(job["probe_count"])]
     probe_logits = network.logits(network.dequantize(tf.constant(probe))).numpy()
     initial = accuracy(job["x_val"], job["y_val"])
     learning_rates = job["learning_rates"]
@@ -109,7 +109,7 @@ def finetune(job) -> dict:
     return {"initial_eval_accuracy": initial,
             "final_eval_accuracy": epochs[-1]["eval_accuracy"] if epochs else initial,
             "epochs": epochs,
-            "test_accuracy": accuracy(job["x_test"], job["y_test"]),
+            "test_accuracy": accuracy(job["x_test"], job["y_test"]) if "x_test" in job else None,
             "probe_logits": probe_logits.tolist(),
             "seconds": time.perf_counter() - started}
 

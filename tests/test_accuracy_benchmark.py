@@ -35,7 +35,7 @@ def resources():
 
 
 def test_quick_benchmark_learns_and_is_deterministic(resources, tmp_path):
-    r = run_benchmark("--quick", "--out", str(tmp_path / "a"))
+    r = run_benchmark("--quick", "--jobs", "2", "--out", str(tmp_path / "a"))
     assert r.returncode == 0, r.stderr
     results = json.loads((tmp_path / "a" / "accuracy.json").read_text())
     runs = {run["key"]: run for run in results["models"]["mcunet-5fps"]["runs"]}
@@ -53,6 +53,7 @@ def test_quick_benchmark_learns_and_is_deterministic(resources, tmp_path):
     assert "| mcunet-5fps | classifier-only |" in r.stdout
     assert (tmp_path / "a" / "accuracy_vs_memory.png").stat().st_size > 0
 
+    # Alone and one at a time: the same metrics as among the others, two at a time.
     again = run_benchmark("--quick", "--only", "classifier", "--out", str(tmp_path / "b"))
     assert again.returncode == 0, again.stderr
     rerun = json.loads((tmp_path / "b" / "accuracy.json").read_text())["models"]["mcunet-5fps"]["runs"]
@@ -63,6 +64,7 @@ def test_quick_benchmark_learns_and_is_deterministic(resources, tmp_path):
     (["--only", "no-such-run"], "unknown run 'no-such-run'"),
     (["--quick", "--sweep"], "not allowed with argument"),
     (["--seed", "-1"], "--seed must be >= 0"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
 ])
 def test_bad_arguments_fail_in_one_line(resources, tmp_path, args, message):
     r = run_benchmark(*args, "--out", str(tmp_path))
