@@ -257,3 +257,14 @@ def test_inspect_json(tmp_path, scheme_file, small_model):
     assert report["estimated_arena_bytes"] > max(e["live_bytes"] for e in report["timeline"])
     text = run_cli("inspect", out)
     assert text.returncode == 0 and "estimated arena" in text.stdout
+
+
+def test_lower_bound_lies_between_every_ops_operands_and_the_planned_arena(small_model):
+    g = convert(small_model, {"bias": "last 4", "classifier": True})
+    estimate = memory.estimate(g)
+    variables = sum(t.nbytes for t in g.referenced_tensors() if t.is_variable)
+    operands = max(sum({id(t): t.nbytes for t in op.inputs + op.outputs
+                        if t is not None and not t.is_variable and t.data is None}.values()) for op in g.ops)
+    bound = memory.lower_bound(g)
+    # Tensors that must outlive an op (saved activations) make it strictly larger than any op's operands.
+    assert variables + operands < bound <= estimate.planned_bytes + estimate.variable_bytes
