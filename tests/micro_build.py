@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,18 @@ CORE_SOURCES = sorted((MICRO / "core").glob("*.cc"))
 KERNEL_SOURCES = sorted((MICRO / "kernels").glob("*.cc"))
 # The contract's float determinism needs -ffp-contract=off (no fused multiply-add).
 KERNEL_FLAGS = ["-std=c++17", "-ffp-contract=off", "-fno-exceptions", "-fno-rtti", f"-I{MICRO}"]
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module (tools/ is not a package; its tools import each other)."""
+    tools = str(REPO / "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def gxx_or_skip() -> str:

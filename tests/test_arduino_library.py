@@ -3,23 +3,11 @@ layout and its sources compile with only src/ on the include path (TFLM's
 headers stood in for by micro/host_abi)."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
-from pathlib import Path
 
-from micro_build import MICRO, REPO, gxx_or_skip
+from micro_build import MICRO, gxx_or_skip, load_tool
 
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("make_arduino_library", REPO / "tools" / "make_arduino_library.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-make_arduino_library = _load_tool()
+make_arduino_library = load_tool("make_arduino_library")
 
 
 def test_library_layout(tmp_path):

@@ -3,25 +3,14 @@ target compiles, the training kernels fit the Cortex-M4 flash budget, and no
 object uses double-precision arithmetic."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from micro_build import REPO, load_tool
 
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("cortex_m_build", REPO / "tools" / "cortex_m_build.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-cortex_m_build = _load_tool()
+cortex_m_build = load_tool("cortex_m_build")
 
 pytestmark = pytest.mark.skipif(cortex_m_build.toolchain_missing() is not None,
                                 reason="arm-none-eabi-g++ not installed")

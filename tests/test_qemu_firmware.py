@@ -3,27 +3,14 @@ one training step of the case from tools/gen_firmware_case.py, every op's
 results bit-identical to the numpy reference (tools/qemu_firmware.py)."""
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from micro_build import load_tool
 
-
-def _load_tool():
-    sys.path.insert(0, str(REPO / "tools"))
-    spec = importlib.util.spec_from_file_location("qemu_firmware", REPO / "tools" / "qemu_firmware.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-qemu_firmware = _load_tool()
+qemu_firmware = load_tool("qemu_firmware")
 _MISSING = qemu_firmware.tools_missing()
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"{_MISSING} not installed")
 

@@ -3,7 +3,10 @@
 namespace semihosting {
 namespace {
 
+constexpr uint32_t kSysOpen = 0x01;
 constexpr uint32_t kSysWrite0 = 0x04;
+constexpr uint32_t kSysRead = 0x06;
+constexpr uint32_t kOpenReadBinary = 1;  // fopen mode "rb"
 constexpr uint32_t kSysExit = 0x18;
 // SYS_EXIT reasons; QEMU exits with status 0 only for ApplicationExit.
 constexpr uint32_t kApplicationExit = 0x20026;
@@ -19,6 +22,18 @@ uint32_t Call(uint32_t operation, const void* argument) {
 }  // namespace
 
 void Write(const char* text) { Call(kSysWrite0, text); }
+
+int OpenForReading(const char* path) {
+  const uint32_t block[3] = {reinterpret_cast<uint32_t>(path), kOpenReadBinary,
+                             static_cast<uint32_t>(__builtin_strlen(path))};
+  return static_cast<int>(Call(kSysOpen, block));
+}
+
+bool Read(int handle, void* data, uint32_t size) {
+  const uint32_t block[3] = {static_cast<uint32_t>(handle),
+                             reinterpret_cast<uint32_t>(data), size};
+  return Call(kSysRead, block) == 0;  // the number of bytes NOT read
+}
 
 void WriteUnsigned(uint32_t value) {
   char digits[11];
