@@ -15,8 +15,8 @@
 
 namespace {
 
-// The VWW training model (examples/vww/s.json) needs 188-203 KiB on a Cortex-M4,
-// depending on the converter's options (benchmarks/RESULTS.md, tools/qemu_tflm_firmware.py).
+// The VWW training model (examples/vww/s.json) needs up to 203 KiB on a
+// Cortex-M4, depending on the converter's options (benchmarks/RESULTS.md).
 constexpr size_t kArenaSize = 203 * 1024;
 constexpr float kLearningRate = 0.05f;
 
