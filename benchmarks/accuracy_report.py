@@ -26,7 +26,7 @@ def write_outputs(results: dict, out: str, plot_path: str | None, results_md: st
     """accuracy[_sweep].json and .md in `out`; the plot and the RESULTS.md block for a benchmark run."""
     stem = "accuracy_sweep" if results["sweep"] else "accuracy"
     text = sweep_markdown(results) if results["sweep"] else results_markdown(results)
-    _write_atomic(os.path.join(out, f"{stem}.json"), json.dumps(results, indent=1, sort_keys=True) + "\n")
+    _write_atomic(os.path.join(out, f"{stem}.json"), json.dumps(results, indent=1) + "\n")
     _write_atomic(os.path.join(out, f"{stem}.md"), text + "\n")
     if not results["sweep"]:
         plot(results, plot_path or os.path.join(out, "accuracy_vs_memory.png"))
@@ -104,19 +104,22 @@ def _target(model: str, what: str, holds: bool, numbers: str) -> str:
 
 
 def sweep_markdown(results: dict) -> str:
-    """Validation accuracy per family and rate, per model, and the rate with the best mean over the models."""
+    """Validation accuracy per family, rate and model, and the rate with the best mean over the models."""
     grid = results["learning_rates"]
     models = list(results["models"])
-    accuracy = {(m, r["family"], r["lr"]): r["final_eval_accuracy"]
-                for m in models for r in results["models"][m]["runs"]}
-    lines = ["| family (run) | model | " + " | ".join(f"lr {i + 1}" for i in range(max(map(len, grid.values()))))
-             + " | best mean |", "|---|---|" + "---:|" * (max(map(len, grid.values())) + 1)]
+    runs = [(model, r) for model in models for r in results["models"][model]["runs"]]
+    accuracy = {(model, r["family"], r["lr"]): r["final_eval_accuracy"] for model, r in runs}
+    width = max(map(len, grid.values()))
+    label = {(model, r["family"]): r["label"] for model, r in runs}
+    lines = ["| family | model: swept run | " + " | ".join(["lr: val accuracy"] * width) + " | best mean |",
+             "|---|---|" + "---:|" * (width + 1)]
     for family, rates in grid.items():
-        label = next(r["label"] for r in results["models"][models[0]]["runs"] if r["family"] == family)
-        best = max(rates, key=lambda lr: sum(accuracy[(m, family, lr)] for m in models))
+        mean = {lr: sum(accuracy[(m, family, lr)] for m in models) / len(models) for lr in rates}
+        best = max(rates, key=mean.get)
         for m in models:
             cells = [f"{lr:g}: {accuracy[(m, family, lr)]:.3f}" for lr in rates]
-            lines.append(f"| {family} ({label}) | {m} | " + " | ".join(cells) + f" | {best:g} |")
+            lines.append(f"| {family} | {m}: {label[(m, family)]} | " + " | ".join(cells)
+                         + f" | {best:g} ({mean[best]:.3f}) |")
     return "\n".join(lines)
 
 
