@@ -137,42 +137,64 @@ def _points(value):
 
 # ---------------------------------------------------------------- plot
 
-SERIES = (  # (legend, run filter, marker, connect points)
-    ("sparse update (published schemes)", lambda r: r["family"] == "sparse" and r["rounding"] == "nearest", "o-", True),
-    ("last k layers", lambda r: r["family"] == "last-k", "s-", True),
-    ("bias-only", lambda r: r["family"] == "bias-only", "^-", True),
-    ("classifier-only", lambda r: r["family"] == "classifier-only" and r["rounding"] == "nearest", "D", False),
-    ("int8 + QAS full", lambda r: r["family"] == "qas-full", "*", False),
-    ("int8 SGD full, no QAS", lambda r: r["family"] == "int8-sgd", "X", False),
-    ("stochastic rounding", lambda r: r["rounding"] == "stochastic", "P", False),
+SERIES = (  # (legend, run filter, marker and line style)
+    ("sparse update (published schemes)", lambda r: r["family"] == "sparse" and r["rounding"] == "nearest", "o-"),
+    ("last k layers", lambda r: r["family"] == "last-k", "s-"),
+    ("bias-only", lambda r: r["family"] == "bias-only", "^-"),
+    ("classifier-only", lambda r: r["family"] == "classifier-only" and r["rounding"] == "nearest", "D"),
+    ("int8 + QAS full", lambda r: r["family"] == "qas-full", "*"),
+    ("int8 SGD full, no QAS", lambda r: r["family"] == "int8-sgd", "X"),
+    ("stochastic rounding", lambda r: r["rounding"] == "stochastic", "P"),
 )
 
 
 def plot(results: dict, path: str) -> None:
+    """Test accuracy against measured peak SRAM, one panel per model, as in the paper's Fig. 9.
+
+    The y axis spans the runs that learned; a run far below (no QAS at chance, say) is drawn on
+    the bottom edge, and its accuracy is written in the corner.
+    """
     import matplotlib
     matplotlib.use("Agg")
-    from matplotlib import pyplot
+    from matplotlib import pyplot, ticker
 
     models = list(results["models"])
-    figure, axes = pyplot.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
+    figure, axes = pyplot.subplots(1, len(models), figsize=(6.5 * len(models), 5.5), squeeze=False)
     for ax, model in zip(axes[0], models):
         runs = results["models"][model]["runs"]
-        for legend, keep, style, _ in SERIES:
+        bottom = _axis_bottom([100 * r["test_accuracy"] for r in runs])
+        for legend, keep, style in SERIES:
             points = sorted((r["peak_sram_bytes"] / 1024, 100 * r["test_accuracy"]) for r in runs if keep(r))
             if points:
-                ax.plot(*zip(*points), style, label=legend, markersize=8)
+                ax.plot(*zip(*[(x, max(y, bottom)) for x, y in points]), style, label=legend, markersize=8)
         for r in runs:
             if r["family"] == "fp32":
                 ax.axhline(100 * r["test_accuracy"], color="gray", linestyle="--", label="fp32 full (TensorFlow)")
+        off_scale = [f"{r['label']}: {100 * r['test_accuracy']:.1f}%" for r in runs
+                     if 100 * r["test_accuracy"] < bottom]
+        if off_scale:
+            ax.text(0.98, 0.97, "below the axis (drawn on it):\n" + "\n".join(off_scale), transform=ax.transAxes,
+                    ha="right", va="top", fontsize=8, bbox={"facecolor": "white", "alpha": 0.8})
         ax.set_xscale("log")
-        ax.set(title=f"{model}, Fashion-MNIST, {results['settings']['resolution']}×{results['settings']['resolution']}",
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_ylim(bottom - 1, None)
+        size = results["settings"]["resolution"]
+        ax.set(title=f"{model}, Fashion-MNIST, {size}×{size}",
                xlabel="measured peak SRAM of a training step (KiB, log)", ylabel="test accuracy (%)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
+
+
+def _axis_bottom(accuracies: list) -> float:
+    """5 points below the lowest accuracy within 20 points of the best."""
+    best = max(accuracies)
+    return min(a for a in accuracies if a >= best - 20) - 5
 
 
 # ---------------------------------------------------------------- files
