@@ -1,4 +1,4 @@
-"""Transfer-learning accuracy vs measured training memory on Fashion-MNIST (the paper's Fig. 8/9 setup).
+"""Transfer-learning accuracy vs measured training memory on Fashion-MNIST, as the paper compares its methods.
 
     python benchmarks/accuracy.py [--quick | --sweep] [--only KEY,...] [--seed 0] [--jobs 1] [--shared ../shared]
         [--data /usr/share/datasets/fashion-mnist] [--out build/accuracy]
@@ -365,6 +365,16 @@ def run_benchmark(args, settings: Settings, sweep: bool) -> dict:
     return results
 
 
+def only(settings: Settings, keys: tuple, parser: argparse.ArgumentParser) -> Settings:
+    """`settings` restricted to the runs `keys` (each must be one of its runs, for some model)."""
+    known = list(dict.fromkeys(r.key for model in settings.models for r in runs_for(model)
+                               if settings.runs is None or r.key in settings.runs))
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        parser.error(f"--only: unknown run {unknown[0]!r} (runs: {', '.join(known)})")
+    return dataclasses.replace(settings, runs=keys)
+
+
 class OneLineErrors(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -373,7 +383,7 @@ class OneLineErrors(argparse.ArgumentParser):
 def main() -> None:
     parser = OneLineErrors(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="one model, tiny subsets, four runs (CI)")
+    mode.add_argument("--quick", action="store_true", help="one model, tiny subsets, three runs (CI)")
     mode.add_argument("--sweep", action="store_true", help="learning-rate sweep on the validation split")
     parser.add_argument("--only", help="comma-separated run keys (e.g. classifier,sparse-49kb) to run alone")
     parser.add_argument("--seed", type=int, default=0, help="subsets, new head, sample order")
@@ -401,20 +411,14 @@ def main() -> None:
     if args.only:
         if args.sweep:
             parser.error("--only selects benchmark runs; the sweep has its own")
-        keys = tuple(args.only.split(","))
-        known = list(dict.fromkeys(r.key for model in settings.models for r in runs_for(model)
-                                   if settings.runs is None or r.key in settings.runs))
-        unknown = [k for k in keys if k not in known]
-        if unknown:
-            parser.error(f"--only: unknown run {unknown[0]!r} (runs: {', '.join(known)})")
-        settings = dataclasses.replace(settings, runs=keys)
+        settings = only(settings, tuple(args.only.split(",")), parser)
     try:
         if args.results:
             accuracy_report.check_block(args.results, accuracy_report.block_name(args.sweep))
         results = run_benchmark(args, settings, args.sweep)
         accuracy_report.write_outputs(results, args.out, args.plot, args.results)
     except UserError as exc:
-        sys.exit(f"accuracy: error: {exc}")
+        sys.exit(f"{parser.prog}: error: {exc}")
 
 
 if __name__ == "__main__":
