@@ -101,6 +101,21 @@ class Op:
         return f"Op({self.kind}, in={[t and t.name for t in self.inputs]}, out={[t.name for t in self.outputs]})"
 
 
+def producers(ops: list) -> dict:
+    """{id(tensor): the op among `ops` writing it}."""
+    return {id(t): op for op in ops for t in op.outputs if t is not None}
+
+
+def readers(ops: list) -> dict:
+    """{id(tensor): [(op index, input slot), ...]} over `ops`, in op order."""
+    out: dict = {}
+    for i, op in enumerate(ops):
+        for slot, t in enumerate(op.inputs):
+            if t is not None:
+                out.setdefault(id(t), []).append((i, slot))
+    return out
+
+
 @dataclasses.dataclass(eq=False)
 class Graph:
     ops: list
@@ -117,7 +132,7 @@ class Graph:
         return tensor
 
     def producers(self) -> dict:
-        return {id(t): op for op in self.ops for t in op.outputs}
+        return producers(self.ops)
 
     def referenced_tensors(self) -> list:
         used = {id(t) for t in self.inputs + self.outputs}

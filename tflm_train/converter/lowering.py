@@ -23,12 +23,7 @@ LOWERED_KINDS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 
 def lower_forward(graph: ir.Graph, ops: list) -> list:
     """`ops` (the whole step, in order) with every frozen-parameter conv lowered and foldable PADs removed."""
-    readers: dict = {}
-    for op in ops:
-        for t in op.inputs:
-            if t is not None:
-                readers[id(t)] = readers.get(id(t), 0) + 1
-    producers = {id(t): op for op in ops for t in op.outputs if t is not None}
+    readers, producers = ir.readers(ops), ir.producers(ops)
     outputs = {id(t) for t in graph.outputs}
     folded, lowered = set(), {}
     for op in ops:
@@ -36,7 +31,7 @@ def lower_forward(graph: ir.Graph, ops: list) -> list:
             continue
         pad_op = producers.get(id(op.inputs[0]))
         leading = (0, 0)
-        if pad_op is not None and _foldable_pad(pad_op) and readers[id(op.inputs[0])] == 1 \
+        if pad_op is not None and _foldable_pad(pad_op) and len(readers[id(op.inputs[0])]) == 1 \
                 and id(op.inputs[0]) not in outputs and _window_covers(op, _leading_pad(pad_op)):
             folded.add(id(pad_op))
             leading = _leading_pad(pad_op)

@@ -50,16 +50,12 @@ def _candidates(graph: ir.Graph, ops: list) -> dict:
     """{id(y): its TFLT_ACTIVATION_MASK} for each int8 output, not a graph output, that some backward
     ops read as their mask, all with the same bounds, and nothing but forward ops reads otherwise
     (a weight gradient's `x` needs the values)."""
-    readers: dict = {}
-    for op in ops:
-        for slot, t in enumerate(op.inputs):
-            if t is not None:
-                readers.setdefault(id(t), []).append((op, slot))
+    readers = ir.readers(ops)
     outputs = {id(t) for t in graph.outputs}
     candidates = {}
     for op in ops:
         for y in op.outputs:
-            bounds = _mask_bounds(readers.get(id(y), []))
+            bounds = _mask_bounds([(ops[i], slot) for i, slot in readers.get(id(y), [])])
             if bounds is None or y.dtype != np.int8 or id(y) in outputs:
                 continue
             act_min, act_max = bounds

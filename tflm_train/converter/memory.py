@@ -143,11 +143,7 @@ def lower_bound(graph: ir.Graph) -> int:
     """
     ops = graph.ops
     producer = {id(t): i for i, op in enumerate(ops) for t in op.outputs if t is not None}
-    consumers: dict = {}
-    for i, op in enumerate(ops):
-        for t in op.inputs:
-            if t is not None:
-                consumers.setdefault(id(t), set()).add(i)
+    consumers = {key: {i for i, _ in reads} for key, reads in ir.readers(ops).items()}
     descendants = [0] * len(ops)          # bitsets, each op included in its own
     for i in reversed(range(len(ops))):
         mask = 1 << i
