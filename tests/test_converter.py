@@ -93,7 +93,7 @@ def test_sparse_scheme_reordered_and_conventional(small_model):
     pw2, pw4 = layer_index(small_model, 2), layer_index(small_model, 4)
     scheme = {"bias": "last 4", "weights": [{"layer": pw2, "ratio": 1}, {"layer": pw4, "ratio": 0.5}],
               "classifier": True}
-    g = convert(small_model, scheme, lower_forward=False, activation_masks=False)
+    g = convert(small_model, scheme, lower_forward=False, activation_masks=False, recompute=False)
     assert kinds(g, "backward") == {"TFLT_CONV_INPUT_GRAD": 2, "TFLT_MEAN_GRAD": 1,
                                     "TFLT_DEPTHWISE_INPUT_GRAD": 1, "ADD": 1}
     assert kinds(g, "update") == {"TFLT_CONV_GRAD_UPDATE": 4}
@@ -108,7 +108,7 @@ def test_sparse_scheme_reordered_and_conventional(small_model):
         if op.role == "update" and op.inputs[5] is not None:
             assert g.ops[i - 1].role in ("backward", "loss", "update")
 
-    c = convert(small_model, scheme, reorder=False)
+    c = convert(small_model, scheme, reorder=False, recompute=False)
     assert kinds(c, "backward") == {"TFLT_CONV_INPUT_GRAD": 2, "TFLT_MEAN_GRAD": 1, "TFLT_DEPTHWISE_INPUT_GRAD": 1,
                                     "ADD": 1, "TFLT_CONV_WEIGHT_GRAD": 3, "TFLT_BIAS_GRAD": 4}
     assert kinds(c, "update") == {"TFLT_SGD_UPDATE": 7}

@@ -125,8 +125,9 @@ def small_model():
 
 
 def convert(model: bytes, scheme, **options) -> ir.Graph:
+    """Without recomputation, which may read a packed activation again in the backward (for less arena)."""
     graph = ir.load(model)
-    pipeline.convert(graph, scheme, pipeline.ConvertOptions(**options))
+    pipeline.convert(graph, scheme, pipeline.ConvertOptions(recompute=False, **options))
     graph = ir.load(ir.emit(graph))
     metadata.read(graph)
     return graph

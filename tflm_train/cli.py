@@ -1,7 +1,7 @@
 """tflm-train command line (absl, like TFLM's own tools).
 
   tflm-train convert IN.tflite --sparse-scheme S.json -o OUT.tflite [--no-reorder] [--rounding nearest|stochastic]
-             [--no-qas] [--stock-forward] [--no-activation-masks]
+             [--no-qas] [--stock-forward] [--no-activation-masks] [--no-recompute]
   tflm-train inspect MODEL.tflite [--json] [--measure]
   tflm-train import-mcunet MODEL.pkl -o OUT.tflite [--num-classes N] [--resolution R]
   tflm-train train MODEL_TRAIN.tflite --data D [--epochs E] [--lr LR] [--lr-schedule cosine|constant] [--seed S]
@@ -26,6 +26,8 @@ flags.DEFINE_bool("stock-forward", False, "convert: keep TFLM's builtin forward 
                   "faster on a device, more arena")
 flags.DEFINE_bool("no-activation-masks", False, "convert: the backward reads the saved int8 activations instead of "
                   "their packed TFLT_ACTIVATION_MASK bits (8x more arena for them)")
+flags.DEFINE_bool("no-recompute", False, "convert: keep saved activations from the forward to the backward "
+                  "instead of recomputing them where that saves arena (faster, more arena)")
 flags.DEFINE_bool("json", False, "inspect: print one JSON object")
 flags.DEFINE_bool("measure", False, "inspect: also measure the arena in the stock TFLM interpreter")
 flags.DEFINE_integer("num-classes", None, "import-mcunet: replace the classifier head")
@@ -68,7 +70,8 @@ def cmd_convert(argv: list) -> None:
     options = pipeline.ConvertOptions(reorder=not FLAGS["no-reorder"].value, rounding=FLAGS.rounding,
                                       qas=not FLAGS["no-qas"].value,
                                       lower_forward=not FLAGS["stock-forward"].value,
-                                      activation_masks=not FLAGS["no-activation-masks"].value)
+                                      activation_masks=not FLAGS["no-activation-masks"].value,
+                                      recompute=not FLAGS["no-recompute"].value)
     pipeline.convert(graph, scheme.load_scheme_file(scheme_path), options)
     ir.save_file(graph, out)
     print(f"wrote {out}")
