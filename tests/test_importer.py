@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from conftest import REPO, shared_path
 from tflite_micro.tensorflow.lite.python import schema_py_generated as schema
-from tflm_subprocess import run_tflm_invocations
 
 from tflm_train import ir
 from tflm_train.converter.scheme import conv_layers
@@ -20,6 +19,7 @@ from tflm_train.importer import import_mcunet
 from tflm_train.importer.mcunet import build_graph, with_new_head
 from tflm_train.importer.mcunet_sim import model_layers, run_layer, simulate_mcunet
 from tflm_train.importer.pickle_format import CONV_KEYS, load_model_pickle
+from tflm_train.tflm_runner import TflmSession
 from tflm_train.reference.quantization import activation_range
 
 MODELS = ("mcunet-5fps", "mbv2-w0.35")
@@ -93,7 +93,8 @@ def test_tflm_matches_the_simulation_bit_for_bit(name, num_classes, resolution):
     r = resolution or 128
     classes = num_classes or 1000
     images = random_images(3, r, seed=r + classes)
-    results = run_tflm_invocations(with_logits_output(graph), [[x] for x in images])
+    with TflmSession(with_logits_output(graph)) as session:
+        results = [session.invoke([x]) for x in images]
     for x, (probabilities, logits) in zip(images, results):
         assert probabilities.shape == logits.shape == (1, classes)
         np.testing.assert_array_equal(logits, simulate_mcunet(model, x, rounding="tflm"))
@@ -111,8 +112,9 @@ def test_every_layer_is_within_one_lsb_of_the_reference_arithmetic(name):
     names = ["input"] + [layer.name for layer in layers]
     read = [index[graph_tensor_name(n)] for n in names]
     (x,) = random_images(1, 128, seed=11)
-    (result,) = run_tflm_invocations(ir.emit(graph), [[x]], read_tensors=read)
-    values = {n: v.reshape(tensors[i].shape)[0].astype(np.int64) for n, i, v in zip(names, read, result[1:])}
+    with TflmSession(ir.emit(graph), preserve_all_tensors=True) as session:
+        session.invoke([x])
+        values = {n: session.tensor(i).reshape(tensors[i].shape)[0].astype(np.int64) for n, i in zip(names, read)}
     for layer in layers:
         inputs = [values[n] for n in layer.inputs]
         expected = run_layer(layer, inputs, rounding="reference")

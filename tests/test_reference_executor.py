@@ -2,7 +2,7 @@
 
 Every op's output is compared, not only the model outputs, so a mismatch names
 the first op that differs. TensorFlow builds the small models in this process;
-TFLM only ever runs in a child process (tests/tflm_subprocess.py).
+TFLM only ever runs in a worker process (tflm_train.tflm_runner.TflmSession).
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import pytest
 from tflite_micro.tensorflow.lite.python import schema_py_generated as schema
 
 from conftest import shared_path
-from tflm_subprocess import run_tflm_invocations
 from tflm_train import ir
 from tflm_train.errors import UserError
 from tflm_train.reference import KERNELS, Executor
 from tflm_train.reference import quantization as q
+from tflm_train.tflm_runner import TflmSession
 
 PERSON_DETECT = ("models", "tflm", "person_detect.tflite")
 VWW = ("models", "mlperf-tiny", "visual_wake_words.tflite")
@@ -37,8 +37,12 @@ def assert_matches_tflm(model_bytes: bytes, input_sets: list) -> None:
     graph = ir.load(model_bytes)
     index = {id(t): i for i, t in enumerate(graph.tensors)}
     produced = [(op_index, op, t) for op_index, op in enumerate(graph.ops) for t in op.outputs]
-    runs = run_tflm_invocations(model_bytes, input_sets, read_tensors=[index[id(t)] for _, _, t in produced],
-                                reset_between=True)
+    runs = []
+    with TflmSession(model_bytes, preserve_all_tensors=True) as session:
+        for inputs in input_sets:
+            session.reset()
+            outputs = session.invoke(inputs)
+            runs.append(list(outputs) + [session.tensor(index[id(t)]) for _, _, t in produced])
     executor = Executor(graph)
     for set_index, (inputs, tflm_values) in enumerate(zip(input_sets, runs)):
         outputs = executor.invoke(inputs)
