@@ -19,6 +19,9 @@ from tflm_train.schema.flatbuffer_io import Table
 REPO = Path(__file__).resolve().parents[1]
 TABLES = [c for c in vars(ops).values() if isinstance(c, type) and issubclass(c, Table) and c is not Table]
 SCALAR_TABLES = [c for c in TABLES if all(f.kind == "scalar" for f in c.FIELDS)]
+# What the C++ readers cover: scalars, and vectors of tables of scalars.
+CC_TABLES = [c for c in TABLES if all(f.kind == "scalar" or (f.kind == "tables" and f.type in SCALAR_TABLES)
+                                      for f in c.FIELDS)]
 OPTION_TABLES = sorted(set(ops.OPTIONS_BY_OP.values()), key=lambda c: c.__name__)
 
 # struct format -> flatbuffers type flags, to read buffers with the flatbuffers library itself.
@@ -138,19 +141,27 @@ table Every {
   h: long = -9223372036854775808;
   m: Mode = ON;
 }
+// op: DEMO_LIST
+table Many {
+  before: short = 7;
+  items: [Every];
+  after: Mode = ON;
+}
 """
 
 
 def test_every_scalar_type_round_trips_in_python():
     module = {}
     exec(compile(generate.render_python(idl.parse(EVERY_TYPE_FBS)), "every.py", "exec"), module)
-    every, mode = module["Every"], module["Mode"]
-    assert module["ANSWER"] == 42 and module["OPTIONS_BY_OP"] == {"DEMO_OP": every}
+    every, many, mode = module["Every"], module["Many"], module["Mode"]
+    assert module["ANSWER"] == 42 and module["OPTIONS_BY_OP"] == {"DEMO_OP": every, "DEMO_LIST": many}
     assert every().g == struct.unpack("<f", struct.pack("<f", 0.1))[0] and every().m == mode.ON
     extremes = every(a=False, b=127, c=0, d=32767, e=2**31 - 1, f=0, g=-2.5, h=2**63 - 1, m=mode.OFF)
     for value in (extremes, every()):
         assert every.from_bytes(value.to_bytes()) == value
     assert every.from_bytes(b"") == every()
+    for value in (many(before=-1, items=[extremes, every()], after=mode.OFF), many()):
+        assert many.from_bytes(value.to_bytes()) == value
 
 
 def test_every_scalar_type_compiles_in_cpp(tmp_path):
@@ -165,6 +176,10 @@ static_assert(kDefaults.a && kDefaults.b == -128 && kDefaults.c == 255 && kDefau
 static_assert(kDefaults.e == INT32_MIN && kDefaults.f == UINT32_MAX && kDefaults.g == 0.1f, "");
 static_assert(kDefaults.h == INT64_MIN && kDefaults.m == s::Mode::kOn, "");
 bool Read(const uint8_t* buf, size_t size, s::Every* out) { return s::ReadEvery(buf, size, out); }
+static_assert(s::Many{}.before == 7 && s::Many{}.items_count == 0 && s::Many{}.after == s::Mode::kOn, "");
+bool ReadFirst(const uint8_t* buf, size_t size, s::Many* many, s::Every* first) {
+  return s::ReadMany(buf, size, many) && s::ReadManyItems(buf, size, 0, first);
+}
 """, encoding="utf-8")
     result = subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only",
                              str(tmp_path / "every.cc")], capture_output=True, text=True)
@@ -319,12 +334,21 @@ def expected_line(value) -> str:
     """What the C++ driver prints for a decoded value (None: the reader returned false)."""
     if value is None:
         return "false"
+    return normalise_nan("true" + "".join(printed_fields(value)))
+
+
+def printed_fields(value, prefix: str = "") -> list:
     fields = []
     for f in value.FIELDS:
         v = getattr(value, f.name)
-        fields.append(f" {f.name}=" + (f"0x{struct.unpack('<I', struct.pack('<f', v))[0]:08x}"
-                                       if f.fmt == "f" else str(int(v))))
-    return normalise_nan("true" + "".join(fields))
+        if f.kind == "tables":
+            fields.append(f" {prefix}{f.name}={len(v)}")
+            for i, element in enumerate(v):
+                fields += printed_fields(element, f"{prefix}{f.name}[{i}].")
+            continue
+        fields.append(f" {prefix}{f.name}=" + (f"0x{struct.unpack('<I', struct.pack('<f', v))[0]:08x}"
+                                                if f.fmt == "f" else str(int(v))))
+    return fields
 
 
 def normalise_nan(line: str) -> str:
@@ -337,7 +361,7 @@ def normalise_nan(line: str) -> str:
 
 @pytest.mark.parametrize("cls", OPTION_TABLES, ids=lambda c: c.__name__)
 def test_cc_reads_python_buffers(reader_binary, cls):
-    assert cls in SCALAR_TABLES
+    assert cls in CC_TABLES
     values = [non_default(cls), non_default(cls, seed=3), cls()]
     lines = run_reader(reader_binary, cls, [v.to_bytes() for v in values] + [b""])
     assert lines == [expected_line(v) for v in values] + [expected_line(cls())]

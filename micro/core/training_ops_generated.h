@@ -4,8 +4,11 @@
 // parses a flatbuffer whose root is <Table>: every offset is bounds-checked,
 // absent fields get the schema defaults, and zero-length input (an op without
 // options) gives all defaults. It returns false, leaving *out untouched, on
-// truncated or corrupt input or an unknown enum value. Tables holding strings
-// or vectors are Python-only.
+// truncated or corrupt input or an unknown enum value. A vector of tables
+// appears as its length <field>_count (Read<Table> has checked every element);
+// Read<Table><Field>(buf, size, index, &element) reads one element, so a kernel
+// can keep them where it likes. Tables holding strings or vectors of scalars
+// are Python-only.
 #ifndef TFLM_TRAIN_MICRO_CORE_TRAINING_OPS_GENERATED_H_
 #define TFLM_TRAIN_MICRO_CORE_TRAINING_OPS_GENERATED_H_
 
@@ -43,8 +46,10 @@ enum class ParamKind : uint8_t {
 
 namespace detail {
 
-// A root table whose header, vtable and inline fields lie inside the buffer.
+// A table whose header, vtable and inline fields lie inside the buffer.
 struct Table {
+  const uint8_t* buf;  // the whole flatbuffer, for the vectors it refers to
+  size_t size;
   const uint8_t* table;
   size_t table_size;  // bytes of inline fields, including the vtable offset
   const uint8_t* vtable;
@@ -58,19 +63,25 @@ inline T Load(const uint8_t* bytes) {
   return value;
 }
 
-inline bool FindRoot(const uint8_t* buf, size_t size, Table* out) {
-  if (size < 4) return false;
-  const uint32_t table = Load<uint32_t>(buf);
-  if (table > size - 4) return false;
-  const int64_t vtable = int64_t{table} - Load<int32_t>(buf + table);
+// The table the uoffset at byte `at` refers to.
+inline bool FindTable(const uint8_t* buf, size_t size, size_t at, Table* out) {
+  if (size < 4 || at > size - 4) return false;
+  const uint32_t offset = Load<uint32_t>(buf + at);
+  if (offset > size - 4 - at) return false;
+  const size_t table = at + offset;
+  const int64_t vtable = static_cast<int64_t>(table) - Load<int32_t>(buf + table);
   if (vtable < 0 || vtable > static_cast<int64_t>(size) - 4) return false;
   const size_t vtable_at = static_cast<size_t>(vtable);
   const size_t vtable_size = Load<uint16_t>(buf + vtable_at);
   const size_t table_size = Load<uint16_t>(buf + vtable_at + 2);
   if (vtable_size < 4 || vtable_size % 2 != 0 || vtable_size > size - vtable_at) return false;
   if (table_size < 4 || table_size > size - table) return false;
-  *out = Table{buf + table, table_size, buf + vtable_at, vtable_size};
+  *out = Table{buf, size, buf + table, table_size, buf + vtable_at, vtable_size};
   return true;
+}
+
+inline bool FindRoot(const uint8_t* buf, size_t size, Table* out) {
+  return FindTable(buf, size, 0, out);
 }
 
 // Leaves *value (the default) unchanged when the field is absent.
@@ -93,6 +104,57 @@ inline bool ReadField(const Table& table, int index, bool* value) {
   return true;
 }
 
+// A vector of tables: the byte of its first element's uoffset, and its length.
+struct Vector {
+  size_t start = 0;
+  uint32_t count = 0;
+};
+
+// An absent vector is empty.
+inline bool ReadVector(const Table& table, int index, Vector* vector) {
+  const size_t entry = 4 + 2 * static_cast<size_t>(index);
+  if (entry >= table.vtable_size) return true;
+  const size_t offset = Load<uint16_t>(table.vtable + entry);
+  if (offset == 0) return true;
+  if (offset < 4 || offset + 4 > table.table_size) return false;
+  const size_t at = static_cast<size_t>(table.table - table.buf) + offset;
+  const uint32_t to_vector = Load<uint32_t>(table.buf + at);
+  if (to_vector > table.size - 4 - at) return false;
+  const size_t start = at + to_vector;
+  const uint32_t count = Load<uint32_t>(table.buf + start);
+  if (count > (table.size - start - 4) / 4) return false;
+  *vector = Vector{start + 4, count};
+  return true;
+}
+
+template <typename T>
+inline bool ReadElement(const Table& owner, const Vector& vector, uint32_t index,
+                        bool (*read)(const Table&, T*), T* out) {
+  Table element;
+  T value;
+  if (index >= vector.count ||
+      !FindTable(owner.buf, owner.size, vector.start + 4 * size_t{index}, &element) ||
+      !read(element, &value)) {
+    return false;
+  }
+  *out = value;
+  return true;
+}
+
+// A vector of tables every element of which `read` accepts.
+template <typename T>
+inline bool ReadTables(const Table& table, int index, bool (*read)(const Table&, T*),
+                       uint32_t* count) {
+  Vector vector;
+  if (!ReadVector(table, index, &vector)) return false;
+  T element;
+  for (uint32_t i = 0; i < vector.count; ++i) {
+    if (!ReadElement(table, vector, i, read, &element)) return false;
+  }
+  *count = vector.count;
+  return true;
+}
+
 inline bool ReadField(const Table& table, int index, Rounding* value) {
   int8_t raw = static_cast<int8_t>(*value);
   if (!ReadField(table, index, &raw)) return false;
@@ -106,10 +168,16 @@ inline bool ReadField(const Table& table, int index, Rounding* value) {
 // Options of TFLT_TRAIN_INIT.
 struct TrainInitOptions {};
 
+namespace detail {
+inline bool ReadFields(const Table&, TrainInitOptions*) {
+  return true;
+}
+}  // namespace detail
+
 inline bool ReadTrainInitOptions(const uint8_t* buf, size_t size, TrainInitOptions* out) {
   TrainInitOptions options;
   detail::Table table;
-  if (size != 0 && !detail::FindRoot(buf, size, &table)) {
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) && detail::ReadFields(table, &options))) {
     return false;
   }
   *out = options;
@@ -122,12 +190,17 @@ struct SoftmaxXentOptions {
   int32_t logits_zero_point = 0;
 };
 
+namespace detail {
+inline bool ReadFields(const Table& table, SoftmaxXentOptions* out) {
+  return ReadField(table, 0, &out->logits_scale) &&
+         ReadField(table, 1, &out->logits_zero_point);
+}
+}  // namespace detail
+
 inline bool ReadSoftmaxXentOptions(const uint8_t* buf, size_t size, SoftmaxXentOptions* out) {
   SoftmaxXentOptions options;
   detail::Table table;
-  if (size != 0 && !(detail::FindRoot(buf, size, &table) &&
-                     detail::ReadField(table, 0, &options.logits_scale) &&
-                     detail::ReadField(table, 1, &options.logits_zero_point))) {
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) && detail::ReadFields(table, &options))) {
     return false;
   }
   *out = options;
@@ -150,22 +223,27 @@ struct ConvGradOptions {
   int32_t act_max = 127;
 };
 
+namespace detail {
+inline bool ReadFields(const Table& table, ConvGradOptions* out) {
+  return ReadField(table, 0, &out->stride_h) &&
+         ReadField(table, 1, &out->stride_w) &&
+         ReadField(table, 2, &out->dilation_h) &&
+         ReadField(table, 3, &out->dilation_w) &&
+         ReadField(table, 4, &out->pad_top) &&
+         ReadField(table, 5, &out->pad_left) &&
+         ReadField(table, 6, &out->input_height) &&
+         ReadField(table, 7, &out->input_width) &&
+         ReadField(table, 8, &out->input_channels) &&
+         ReadField(table, 9, &out->depth_multiplier) &&
+         ReadField(table, 10, &out->act_min) &&
+         ReadField(table, 11, &out->act_max);
+}
+}  // namespace detail
+
 inline bool ReadConvGradOptions(const uint8_t* buf, size_t size, ConvGradOptions* out) {
   ConvGradOptions options;
   detail::Table table;
-  if (size != 0 && !(detail::FindRoot(buf, size, &table) &&
-                     detail::ReadField(table, 0, &options.stride_h) &&
-                     detail::ReadField(table, 1, &options.stride_w) &&
-                     detail::ReadField(table, 2, &options.dilation_h) &&
-                     detail::ReadField(table, 3, &options.dilation_w) &&
-                     detail::ReadField(table, 4, &options.pad_top) &&
-                     detail::ReadField(table, 5, &options.pad_left) &&
-                     detail::ReadField(table, 6, &options.input_height) &&
-                     detail::ReadField(table, 7, &options.input_width) &&
-                     detail::ReadField(table, 8, &options.input_channels) &&
-                     detail::ReadField(table, 9, &options.depth_multiplier) &&
-                     detail::ReadField(table, 10, &options.act_min) &&
-                     detail::ReadField(table, 11, &options.act_max))) {
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) && detail::ReadFields(table, &options))) {
     return false;
   }
   *out = options;
@@ -178,12 +256,17 @@ struct MeanGradOptions {
   int32_t input_width = 0;
 };
 
+namespace detail {
+inline bool ReadFields(const Table& table, MeanGradOptions* out) {
+  return ReadField(table, 0, &out->input_height) &&
+         ReadField(table, 1, &out->input_width);
+}
+}  // namespace detail
+
 inline bool ReadMeanGradOptions(const uint8_t* buf, size_t size, MeanGradOptions* out) {
   MeanGradOptions options;
   detail::Table table;
-  if (size != 0 && !(detail::FindRoot(buf, size, &table) &&
-                     detail::ReadField(table, 0, &options.input_height) &&
-                     detail::ReadField(table, 1, &options.input_width))) {
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) && detail::ReadFields(table, &options))) {
     return false;
   }
   *out = options;
@@ -209,25 +292,30 @@ struct ConvUpdateOptions {
   int32_t bias_param_id = 0;
 };
 
+namespace detail {
+inline bool ReadFields(const Table& table, ConvUpdateOptions* out) {
+  return ReadField(table, 0, &out->stride_h) &&
+         ReadField(table, 1, &out->stride_w) &&
+         ReadField(table, 2, &out->dilation_h) &&
+         ReadField(table, 3, &out->dilation_w) &&
+         ReadField(table, 4, &out->pad_top) &&
+         ReadField(table, 5, &out->pad_left) &&
+         ReadField(table, 6, &out->x_zero_point) &&
+         ReadField(table, 7, &out->x_scale) &&
+         ReadField(table, 8, &out->act_min) &&
+         ReadField(table, 9, &out->act_max) &&
+         ReadField(table, 10, &out->depthwise) &&
+         ReadField(table, 11, &out->depth_multiplier) &&
+         ReadField(table, 12, &out->rounding) &&
+         ReadField(table, 13, &out->weight_param_id) &&
+         ReadField(table, 14, &out->bias_param_id);
+}
+}  // namespace detail
+
 inline bool ReadConvUpdateOptions(const uint8_t* buf, size_t size, ConvUpdateOptions* out) {
   ConvUpdateOptions options;
   detail::Table table;
-  if (size != 0 && !(detail::FindRoot(buf, size, &table) &&
-                     detail::ReadField(table, 0, &options.stride_h) &&
-                     detail::ReadField(table, 1, &options.stride_w) &&
-                     detail::ReadField(table, 2, &options.dilation_h) &&
-                     detail::ReadField(table, 3, &options.dilation_w) &&
-                     detail::ReadField(table, 4, &options.pad_top) &&
-                     detail::ReadField(table, 5, &options.pad_left) &&
-                     detail::ReadField(table, 6, &options.x_zero_point) &&
-                     detail::ReadField(table, 7, &options.x_scale) &&
-                     detail::ReadField(table, 8, &options.act_min) &&
-                     detail::ReadField(table, 9, &options.act_max) &&
-                     detail::ReadField(table, 10, &options.depthwise) &&
-                     detail::ReadField(table, 11, &options.depth_multiplier) &&
-                     detail::ReadField(table, 12, &options.rounding) &&
-                     detail::ReadField(table, 13, &options.weight_param_id) &&
-                     detail::ReadField(table, 14, &options.bias_param_id))) {
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) && detail::ReadFields(table, &options))) {
     return false;
   }
   *out = options;
@@ -241,13 +329,18 @@ struct SgdUpdateOptions {
   int32_t channel_axis = 0;
 };
 
+namespace detail {
+inline bool ReadFields(const Table& table, SgdUpdateOptions* out) {
+  return ReadField(table, 0, &out->rounding) &&
+         ReadField(table, 1, &out->param_id) &&
+         ReadField(table, 2, &out->channel_axis);
+}
+}  // namespace detail
+
 inline bool ReadSgdUpdateOptions(const uint8_t* buf, size_t size, SgdUpdateOptions* out) {
   SgdUpdateOptions options;
   detail::Table table;
-  if (size != 0 && !(detail::FindRoot(buf, size, &table) &&
-                     detail::ReadField(table, 0, &options.rounding) &&
-                     detail::ReadField(table, 1, &options.param_id) &&
-                     detail::ReadField(table, 2, &options.channel_axis))) {
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) && detail::ReadFields(table, &options))) {
     return false;
   }
   *out = options;
@@ -268,20 +361,25 @@ struct SplitConvOptions {
   int32_t act_max = 127;
 };
 
+namespace detail {
+inline bool ReadFields(const Table& table, SplitConvOptions* out) {
+  return ReadField(table, 0, &out->stride_h) &&
+         ReadField(table, 1, &out->stride_w) &&
+         ReadField(table, 2, &out->dilation_h) &&
+         ReadField(table, 3, &out->dilation_w) &&
+         ReadField(table, 4, &out->pad_top) &&
+         ReadField(table, 5, &out->pad_left) &&
+         ReadField(table, 6, &out->x_zero_point) &&
+         ReadField(table, 7, &out->y_zero_point) &&
+         ReadField(table, 8, &out->act_min) &&
+         ReadField(table, 9, &out->act_max);
+}
+}  // namespace detail
+
 inline bool ReadSplitConvOptions(const uint8_t* buf, size_t size, SplitConvOptions* out) {
   SplitConvOptions options;
   detail::Table table;
-  if (size != 0 && !(detail::FindRoot(buf, size, &table) &&
-                     detail::ReadField(table, 0, &options.stride_h) &&
-                     detail::ReadField(table, 1, &options.stride_w) &&
-                     detail::ReadField(table, 2, &options.dilation_h) &&
-                     detail::ReadField(table, 3, &options.dilation_w) &&
-                     detail::ReadField(table, 4, &options.pad_top) &&
-                     detail::ReadField(table, 5, &options.pad_left) &&
-                     detail::ReadField(table, 6, &options.x_zero_point) &&
-                     detail::ReadField(table, 7, &options.y_zero_point) &&
-                     detail::ReadField(table, 8, &options.act_min) &&
-                     detail::ReadField(table, 9, &options.act_max))) {
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) && detail::ReadFields(table, &options))) {
     return false;
   }
   *out = options;
@@ -303,21 +401,26 @@ struct DepthwiseConvOptions {
   int32_t depth_multiplier = 1;
 };
 
+namespace detail {
+inline bool ReadFields(const Table& table, DepthwiseConvOptions* out) {
+  return ReadField(table, 0, &out->stride_h) &&
+         ReadField(table, 1, &out->stride_w) &&
+         ReadField(table, 2, &out->dilation_h) &&
+         ReadField(table, 3, &out->dilation_w) &&
+         ReadField(table, 4, &out->pad_top) &&
+         ReadField(table, 5, &out->pad_left) &&
+         ReadField(table, 6, &out->x_zero_point) &&
+         ReadField(table, 7, &out->y_zero_point) &&
+         ReadField(table, 8, &out->act_min) &&
+         ReadField(table, 9, &out->act_max) &&
+         ReadField(table, 10, &out->depth_multiplier);
+}
+}  // namespace detail
+
 inline bool ReadDepthwiseConvOptions(const uint8_t* buf, size_t size, DepthwiseConvOptions* out) {
   DepthwiseConvOptions options;
   detail::Table table;
-  if (size != 0 && !(detail::FindRoot(buf, size, &table) &&
-                     detail::ReadField(table, 0, &options.stride_h) &&
-                     detail::ReadField(table, 1, &options.stride_w) &&
-                     detail::ReadField(table, 2, &options.dilation_h) &&
-                     detail::ReadField(table, 3, &options.dilation_w) &&
-                     detail::ReadField(table, 4, &options.pad_top) &&
-                     detail::ReadField(table, 5, &options.pad_left) &&
-                     detail::ReadField(table, 6, &options.x_zero_point) &&
-                     detail::ReadField(table, 7, &options.y_zero_point) &&
-                     detail::ReadField(table, 8, &options.act_min) &&
-                     detail::ReadField(table, 9, &options.act_max) &&
-                     detail::ReadField(table, 10, &options.depth_multiplier))) {
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) && detail::ReadFields(table, &options))) {
     return false;
   }
   *out = options;
@@ -330,12 +433,17 @@ struct ActivationMaskOptions {
   int32_t act_max = 127;
 };
 
+namespace detail {
+inline bool ReadFields(const Table& table, ActivationMaskOptions* out) {
+  return ReadField(table, 0, &out->act_min) &&
+         ReadField(table, 1, &out->act_max);
+}
+}  // namespace detail
+
 inline bool ReadActivationMaskOptions(const uint8_t* buf, size_t size, ActivationMaskOptions* out) {
   ActivationMaskOptions options;
   detail::Table table;
-  if (size != 0 && !(detail::FindRoot(buf, size, &table) &&
-                     detail::ReadField(table, 0, &options.act_min) &&
-                     detail::ReadField(table, 1, &options.act_max))) {
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) && detail::ReadFields(table, &options))) {
     return false;
   }
   *out = options;

@@ -4,8 +4,8 @@
     python -m tflm_train.schema.generate --check   # exit 1 if either is stale
 
 The schema language it accepts is described in idl.py. Outputs: a dataclass per
-table (serialised by flatbuffer_io.py) and, for tables of scalars only, a C++
-struct with a bounds-checked reader for the micro kernels.
+table (serialised by flatbuffer_io.py) and, for tables of scalars and vectors of
+such tables, a C++ struct with bounds-checked readers for the micro kernels.
 """
 from __future__ import annotations
 
@@ -113,8 +113,11 @@ _CC_PRELUDE = """\
 // parses a flatbuffer whose root is <Table>: every offset is bounds-checked,
 // absent fields get the schema defaults, and zero-length input (an op without
 // options) gives all defaults. It returns false, leaving *out untouched, on
-// truncated or corrupt input or an unknown enum value. Tables holding strings
-// or vectors are Python-only.
+// truncated or corrupt input or an unknown enum value. A vector of tables
+// appears as its length <field>_count (Read<Table> has checked every element);
+// Read<Table><Field>(buf, size, index, &element) reads one element, so a kernel
+// can keep them where it likes. Tables holding strings or vectors of scalars
+// are Python-only.
 #ifndef TFLM_TRAIN_MICRO_CORE_TRAINING_OPS_GENERATED_H_
 #define TFLM_TRAIN_MICRO_CORE_TRAINING_OPS_GENERATED_H_
 
@@ -131,8 +134,10 @@ _CC_PRELUDE = """\
 _CC_DETAIL = """\
 namespace detail {
 
-// A root table whose header, vtable and inline fields lie inside the buffer.
+// A table whose header, vtable and inline fields lie inside the buffer.
 struct Table {
+  const uint8_t* buf;  // the whole flatbuffer, for the vectors it refers to
+  size_t size;
   const uint8_t* table;
   size_t table_size;  // bytes of inline fields, including the vtable offset
   const uint8_t* vtable;
@@ -146,19 +151,25 @@ inline T Load(const uint8_t* bytes) {
   return value;
 }
 
-inline bool FindRoot(const uint8_t* buf, size_t size, Table* out) {
-  if (size < 4) return false;
-  const uint32_t table = Load<uint32_t>(buf);
-  if (table > size - 4) return false;
-  const int64_t vtable = int64_t{table} - Load<int32_t>(buf + table);
+// The table the uoffset at byte `at` refers to.
+inline bool FindTable(const uint8_t* buf, size_t size, size_t at, Table* out) {
+  if (size < 4 || at > size - 4) return false;
+  const uint32_t offset = Load<uint32_t>(buf + at);
+  if (offset > size - 4 - at) return false;
+  const size_t table = at + offset;
+  const int64_t vtable = static_cast<int64_t>(table) - Load<int32_t>(buf + table);
   if (vtable < 0 || vtable > static_cast<int64_t>(size) - 4) return false;
   const size_t vtable_at = static_cast<size_t>(vtable);
   const size_t vtable_size = Load<uint16_t>(buf + vtable_at);
   const size_t table_size = Load<uint16_t>(buf + vtable_at + 2);
   if (vtable_size < 4 || vtable_size % 2 != 0 || vtable_size > size - vtable_at) return false;
   if (table_size < 4 || table_size > size - table) return false;
-  *out = Table{buf + table, table_size, buf + vtable_at, vtable_size};
+  *out = Table{buf, size, buf + table, table_size, buf + vtable_at, vtable_size};
   return true;
+}
+
+inline bool FindRoot(const uint8_t* buf, size_t size, Table* out) {
+  return FindTable(buf, size, 0, out);
 }
 
 // Leaves *value (the default) unchanged when the field is absent.
@@ -178,6 +189,57 @@ inline bool ReadField(const Table& table, int index, bool* value) {
   uint8_t raw = *value ? 1 : 0;
   if (!ReadField(table, index, &raw)) return false;
   *value = raw != 0;
+  return true;
+}
+
+// A vector of tables: the byte of its first element's uoffset, and its length.
+struct Vector {
+  size_t start = 0;
+  uint32_t count = 0;
+};
+
+// An absent vector is empty.
+inline bool ReadVector(const Table& table, int index, Vector* vector) {
+  const size_t entry = 4 + 2 * static_cast<size_t>(index);
+  if (entry >= table.vtable_size) return true;
+  const size_t offset = Load<uint16_t>(table.vtable + entry);
+  if (offset == 0) return true;
+  if (offset < 4 || offset + 4 > table.table_size) return false;
+  const size_t at = static_cast<size_t>(table.table - table.buf) + offset;
+  const uint32_t to_vector = Load<uint32_t>(table.buf + at);
+  if (to_vector > table.size - 4 - at) return false;
+  const size_t start = at + to_vector;
+  const uint32_t count = Load<uint32_t>(table.buf + start);
+  if (count > (table.size - start - 4) / 4) return false;
+  *vector = Vector{start + 4, count};
+  return true;
+}
+
+template <typename T>
+inline bool ReadElement(const Table& owner, const Vector& vector, uint32_t index,
+                        bool (*read)(const Table&, T*), T* out) {
+  Table element;
+  T value;
+  if (index >= vector.count ||
+      !FindTable(owner.buf, owner.size, vector.start + 4 * size_t{index}, &element) ||
+      !read(element, &value)) {
+    return false;
+  }
+  *out = value;
+  return true;
+}
+
+// A vector of tables every element of which `read` accepts.
+template <typename T>
+inline bool ReadTables(const Table& table, int index, bool (*read)(const Table&, T*),
+                       uint32_t* count) {
+  Vector vector;
+  if (!ReadVector(table, index, &vector)) return false;
+  T element;
+  for (uint32_t i = 0; i < vector.count; ++i) {
+    if (!ReadElement(table, vector, i, read, &element)) return false;
+  }
+  *count = vector.count;
   return true;
 }
 """
@@ -210,22 +272,41 @@ def _cc_table(table: Table) -> list[str]:
     lines += [f"// Options of {', '.join(table.ops)}."] if table.ops else []
     lines.append(f"struct {table.name} {{" + ("" if table.fields else "};"))
     for f in table.fields:
+        if f.kind == "tables":
+            lines.append(f"  uint32_t {f.name}_count = 0;  // {f.type} elements: Read{table.name}{_camel(f.name)}")
+            continue
         cc_type = f.type if f.kind == "enum" else SCALARS[f.type][1]
         lines.append(f"  {cc_type} {f.name} = {_cc_default(f)};{_trailing('//', f.comment)}")
     lines += ["};"] if table.fields else []
-    checks = ["detail::FindRoot(buf, size, &table)"]
-    checks += [f"detail::ReadField(table, {i}, &options.{f.name})" for i, f in enumerate(table.fields)]
-    condition = " &&\n                     ".join(checks)
-    condition = f"({condition})" if table.fields else condition
-    return lines + ["", f"inline bool Read{table.name}(const uint8_t* buf, size_t size, {table.name}* out) {{",
-                    f"  {table.name} options;", "  detail::Table table;",
-                    f"  if (size != 0 && !{condition}) {{", "    return false;", "  }",
-                    "  *out = options;", "  return true;", "}"]
+    checks = [f"ReadTables<{f.type}>(table, {i}, ReadFields, &out->{f.name}_count)" if f.kind == "tables"
+              else f"ReadField(table, {i}, &out->{f.name})" for i, f in enumerate(table.fields)]
+    condition = " &&\n         ".join(checks) or "true"
+    names = (" table", " out") if table.fields else ("", "")  # unnamed when unused: no -Wunused-parameter
+    lines += ["", "namespace detail {",
+              f"inline bool ReadFields(const Table&{names[0]}, {table.name}*{names[1]}) {{",
+              f"  return {condition};", "}", "}  // namespace detail",
+              "", f"inline bool Read{table.name}(const uint8_t* buf, size_t size, {table.name}* out) {{",
+              f"  {table.name} options;", "  detail::Table table;",
+              "  if (size != 0 && !(detail::FindRoot(buf, size, &table) && detail::ReadFields(table, &options))) {",
+              "    return false;", "  }", "  *out = options;", "  return true;", "}"]
+    for i, f in enumerate(table.fields):
+        if f.kind == "tables":
+            lines += ["", f"// Element `index` (< {f.name}_count) of {table.name}.{f.name}.",
+                      f"inline bool Read{table.name}{_camel(f.name)}(const uint8_t* buf, size_t size, uint32_t index,",
+                      f"    {f.type}* out) {{", "  detail::Table table;", "  detail::Vector vector;",
+                      f"  return detail::FindRoot(buf, size, &table) && detail::ReadVector(table, {i}, &vector) &&",
+                      f"         detail::ReadElement<{f.type}>(table, vector, index, detail::ReadFields, out);", "}"]
+    return lines
+
+
+def _cc_readable(schema: Schema, table: Table) -> bool:
+    return all(f.kind in ("scalar", "enum") or (f.kind == "tables" and schema.tables[f.type].scalars_only)
+               for f in table.fields)
 
 
 def render_cpp(schema: Schema) -> str:
     namespace = "::".join(filter(None, schema.namespace.split(".") + ["schema"]))
-    cc_tables = [table for table in schema.tables.values() if table.scalars_only]
+    cc_tables = [table for table in _dependency_order(schema) if _cc_readable(schema, table)]
     used_enums = {f.type for table in cc_tables for f in table.fields if f.kind == "enum"}
     lines = [f"// {HEADER}", "//", _CC_PRELUDE, f"namespace {namespace} {{"]
     for name, (value, doc) in schema.constants.items():
