@@ -19,9 +19,15 @@ from tflm_train.schema.flatbuffer_io import Table
 REPO = Path(__file__).resolve().parents[1]
 TABLES = [c for c in vars(ops).values() if isinstance(c, type) and issubclass(c, Table) and c is not Table]
 SCALAR_TABLES = [c for c in TABLES if all(f.kind == "scalar" for f in c.FIELDS)]
-# What the C++ readers cover: scalars, and vectors of tables of scalars.
-CC_TABLES = [c for c in TABLES if all(f.kind == "scalar" or (f.kind == "tables" and f.type in SCALAR_TABLES)
-                                      for f in c.FIELDS)]
+
+
+def cc_readable(cls) -> bool:
+    """What the C++ readers cover: scalars, tables they cover, and vectors of tables of scalars."""
+    return all(f.kind == "scalar" or (f.kind == "tables" and f.type in SCALAR_TABLES)
+               or (f.kind == "table" and cc_readable(f.type)) for f in cls.FIELDS)
+
+
+CC_TABLES = [c for c in TABLES if cc_readable(c)]
 OPTION_TABLES = sorted(set(ops.OPTIONS_BY_OP.values()), key=lambda c: c.__name__)
 
 # struct format -> flatbuffers type flags, to read buffers with the flatbuffers library itself.
@@ -45,6 +51,8 @@ def non_default(cls, seed=0):
             values[f.name] = f"{f.name}-{seed}-\u00e9"  # non-ASCII: exercises UTF-8
         elif f.kind == "vector":
             values[f.name] = [seed, 0, 255 if f.fmt == "B" else -(2**31)]
+        elif f.kind == "table":
+            values[f.name] = non_default(f.type, seed + 1)
         else:
             values[f.name] = [non_default(f.type, seed + 1), non_default(f.type, seed + 2)]
     return cls(**values)
@@ -93,7 +101,7 @@ def test_generation_is_deterministic_and_check_detects_stale_files(tmp_path, cap
     ("table T {\n  a: float = inf;\n}\n", 2, "not a valid float"),
     ("enum E : byte { A = 1 }\ntable T {\n  e: E;\n}\n", 3, "member of enum E"),
     ("table T {\n  v: [string];\n}\n", 2, "only vectors of scalars or tables"),
-    ("table U {}\ntable T {\n  u: U;\n}\n", 3, "use a vector of tables"),
+    ("table U {}\ntable T {\n  u: U = 1;\n}\n", 3, "only scalar and enum fields take a default"),
     ("table T {\n  s: string = x;\n}\n", 2, "only scalar and enum fields take a default"),
     ("table T { a: int (deprecated); }\n", 1, "unexpected character '('"),
     ("table T {\n  a: int;\n  a: int;\n}\n", 3, "already declared"),
@@ -145,6 +153,7 @@ table Every {
 table Many {
   before: short = 7;
   items: [Every];
+  one: Every;
   after: Mode = ON;
 }
 """
@@ -160,8 +169,9 @@ def test_every_scalar_type_round_trips_in_python():
     for value in (extremes, every()):
         assert every.from_bytes(value.to_bytes()) == value
     assert every.from_bytes(b"") == every()
-    for value in (many(before=-1, items=[extremes, every()], after=mode.OFF), many()):
+    for value in (many(before=-1, items=[extremes, every()], one=extremes, after=mode.OFF), many()):
         assert many.from_bytes(value.to_bytes()) == value
+    assert many().one == every() and many.from_bytes(b"").one == every()
 
 
 def test_every_scalar_type_compiles_in_cpp(tmp_path):
@@ -177,6 +187,7 @@ static_assert(kDefaults.e == INT32_MIN && kDefaults.f == UINT32_MAX && kDefaults
 static_assert(kDefaults.h == INT64_MIN && kDefaults.m == s::Mode::kOn, "");
 bool Read(const uint8_t* buf, size_t size, s::Every* out) { return s::ReadEvery(buf, size, out); }
 static_assert(s::Many{}.before == 7 && s::Many{}.items_count == 0 && s::Many{}.after == s::Mode::kOn, "");
+static_assert(s::Many{}.one.b == -128 && s::Many{}.one.m == s::Mode::kOn, "");
 bool ReadFirst(const uint8_t* buf, size_t size, s::Many* many, s::Every* first) {
   return s::ReadMany(buf, size, many) && s::ReadManyItems(buf, size, 0, first);
 }
@@ -241,6 +252,8 @@ def test_field_ids_follow_declaration_order(cls):
             assert table.Get(FLAGS[f.fmt], table.Offset(slot) + table.Pos) == getattr(value, f.name), f.name
         elif f.kind == "string":
             assert table.String(table.Offset(slot) + table.Pos).decode() == getattr(value, f.name)
+        elif f.kind == "table":
+            assert table.Offset(slot) != 0, f.name
         else:
             assert table.VectorLen(table.Offset(slot)) == len(getattr(value, f.name))
 
@@ -345,6 +358,9 @@ def printed_fields(value, prefix: str = "") -> list:
             fields.append(f" {prefix}{f.name}={len(v)}")
             for i, element in enumerate(v):
                 fields += printed_fields(element, f"{prefix}{f.name}[{i}].")
+            continue
+        if f.kind == "table":
+            fields += printed_fields(v, f"{prefix}{f.name}.")
             continue
         fields.append(f" {prefix}{f.name}=" + (f"0x{struct.unpack('<I', struct.pack('<f', v))[0]:08x}"
                                                 if f.fmt == "f" else str(int(v))))

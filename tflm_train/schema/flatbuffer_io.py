@@ -29,9 +29,9 @@ _FLAGS = {
 
 class Field(NamedTuple):
     name: str
-    kind: str  # "scalar", "string", "vector" (of scalars) or "tables" (vector of tables)
+    kind: str  # "scalar", "string", "table", "vector" (of scalars) or "tables" (vector of tables)
     fmt: Optional[str] = None  # struct format of the scalar or vector element
-    type: Optional[type] = None  # enum class of an enum scalar; element class of "tables"
+    type: Optional[type] = None  # enum class of an enum scalar; class of a "table" or of the "tables" elements
     default: Any = None  # scalars only
 
 
@@ -83,6 +83,11 @@ def _write(builder: flatbuffers.Builder, table: Table) -> int:
             continue
         if field.kind == "string":
             references[field.name] = builder.CreateString(value)
+            continue
+        if field.kind == "table":
+            if not isinstance(value, field.type):
+                raise ValueError(f"{owner}.{field.name}: must be a {field.type.__name__}")
+            references[field.name] = _write(builder, value)
             continue
         if field.kind == "tables":
             if not all(isinstance(item, field.type) for item in value):
@@ -152,6 +157,9 @@ def _read(cls: type, reader: _Reader, position: int):
             values[field.name] = _scalar(cls, field, reader.load(field.fmt, at, field.name))
             continue
         start = reader.offset(at)
+        if field.kind == "table":
+            values[field.name] = _read(field.type, reader, start)
+            continue
         count = reader.load("I", start, field.name)
         if field.kind == "string":
             reader.need(start + 4, count + 1, field.name)  # + the terminating NUL

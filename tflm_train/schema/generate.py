@@ -4,8 +4,9 @@
     python -m tflm_train.schema.generate --check   # exit 1 if either is stale
 
 The schema language it accepts is described in idl.py. Outputs: a dataclass per
-table (serialised by flatbuffer_io.py) and, for tables of scalars and vectors of
-such tables, a C++ struct with bounds-checked readers for the micro kernels.
+table (serialised by flatbuffer_io.py) and, for tables of scalars, sub-tables of
+such tables and vectors of tables of scalars, a C++ struct with bounds-checked
+readers for the micro kernels.
 """
 from __future__ import annotations
 
@@ -40,12 +41,15 @@ def _camel(name: str) -> str:
 
 def _python_type(field: Field) -> str:
     element = SCALARS[field.type][2] if field.type in SCALARS else field.type
-    return {"scalar": element, "enum": field.type, "string": "str"}.get(field.kind, f"list[{element}]")
+    return {"scalar": element, "enum": field.type, "string": "str", "table": field.type}.get(field.kind,
+                                                                                          f"list[{element}]")
 
 
 def _python_default(field: Field) -> str:
     if field.kind in ("vector", "tables"):
         return "field(default_factory=list)"
+    if field.kind == "table":
+        return f"field(default_factory={field.type})"
     return {"scalar": repr(field.default), "enum": f"{field.type}.{field.default}", "string": '""'}[field.kind]
 
 
@@ -58,13 +62,13 @@ def _python_spec(schema: Schema, field: Field) -> str:
         return f'Field({name}, "scalar", "{SCALARS[field.type][0]}", None, {field.default!r})'
     if field.kind == "vector":
         return f'Field({name}, "vector", "{SCALARS[field.type][0]}")'
-    if field.kind == "tables":
-        return f'Field({name}, "tables", None, {field.type})'
+    if field.kind in ("table", "tables"):
+        return f'Field({name}, "{field.kind}", None, {field.type})'
     return f'Field({name}, "string")'
 
 
 def _dependency_order(schema: Schema) -> list[Table]:
-    """Tables in declaration order, except that a vector's element table comes first."""
+    """Tables in declaration order, except that a table field's or a vector's element table comes first."""
     order: list[Table] = []
 
     def visit(table: Table, path: tuple):
@@ -73,7 +77,7 @@ def _dependency_order(schema: Schema) -> list[Table]:
         if table.name in path:
             raise SchemaError(f"{FBS_PATH}: recursive tables are not supported ({' -> '.join(path)})")
         for field in table.fields:
-            if field.kind == "tables":
+            if field.kind in ("table", "tables"):
                 visit(schema.tables[field.type], path + (table.name,))
         order.append(table)
 
@@ -244,6 +248,22 @@ inline bool ReadTables(const Table& table, int index, bool (*read)(const Table&,
 }
 """
 
+# Emitted only for a schema with table fields.
+_CC_TABLE_READER = """\
+// A table field is a member struct: an absent one keeps its defaults.
+template <typename T>
+inline bool ReadTable(const Table& table, int index, bool (*read)(const Table&, T*), T* out) {
+  const size_t entry = 4 + 2 * static_cast<size_t>(index);
+  if (entry >= table.vtable_size) return true;
+  const size_t offset = Load<uint16_t>(table.vtable + entry);
+  if (offset == 0) return true;
+  if (offset < 4 || offset + 4 > table.table_size) return false;
+  Table field;
+  const size_t at = static_cast<size_t>(table.table - table.buf) + offset;
+  return FindTable(table.buf, table.size, at, &field) && read(field, out);
+}
+"""
+
 
 def _cc_default(field: Field) -> str:
     if field.kind == "enum":
@@ -275,11 +295,16 @@ def _cc_table(table: Table) -> list[str]:
         if f.kind == "tables":
             lines.append(f"  uint32_t {f.name}_count = 0;  // {f.type} elements: Read{table.name}{_camel(f.name)}")
             continue
+        if f.kind == "table":
+            lines.append(f"  {f.type} {f.name};{_trailing('//', f.comment)}")
+            continue
         cc_type = f.type if f.kind == "enum" else SCALARS[f.type][1]
         lines.append(f"  {cc_type} {f.name} = {_cc_default(f)};{_trailing('//', f.comment)}")
     lines += ["};"] if table.fields else []
-    checks = [f"ReadTables<{f.type}>(table, {i}, ReadFields, &out->{f.name}_count)" if f.kind == "tables"
-              else f"ReadField(table, {i}, &out->{f.name})" for i, f in enumerate(table.fields)]
+    readers = {"tables": "ReadTables<{type}>(table, {i}, ReadFields, &out->{name}_count)",
+               "table": "ReadTable<{type}>(table, {i}, ReadFields, &out->{name})"}
+    checks = [readers.get(f.kind, "ReadField(table, {i}, &out->{name})").format(type=f.type, i=i, name=f.name)
+              for i, f in enumerate(table.fields)]
     condition = " &&\n         ".join(checks) or "true"
     names = (" table", " out") if table.fields else ("", "")  # unnamed when unused: no -Wunused-parameter
     lines += ["", "namespace detail {",
@@ -301,7 +326,7 @@ def _cc_table(table: Table) -> list[str]:
 
 def _cc_readable(schema: Schema, table: Table) -> bool:
     return all(f.kind in ("scalar", "enum") or (f.kind == "tables" and schema.tables[f.type].scalars_only)
-               for f in table.fields)
+               or (f.kind == "table" and _cc_readable(schema, schema.tables[f.type])) for f in table.fields)
 
 
 def render_cpp(schema: Schema) -> str:
@@ -316,6 +341,8 @@ def render_cpp(schema: Schema) -> str:
         lines += [f"  k{_camel(member)} = {value},{_trailing('//', comment)}" for member, value, comment in enum.members]
         lines.append("};")
     lines += ["", _CC_DETAIL.rstrip("\n")]
+    if any(f.kind == "table" for table in cc_tables for f in table.fields):
+        lines += ["", _CC_TABLE_READER.rstrip("\n")]
     for enum in schema.enums.values():
         lines += _cc_enum_reader(enum) if enum.name in used_enums else []
     lines += ["", "}  // namespace detail"]

@@ -1,8 +1,9 @@
 """The subset of the flatbuffers IDL that training_ops.fbs uses, and its parser.
 
 Understood: `namespace`; enums of byte/ubyte with explicit values; tables whose
-fields are scalars (SCALARS), enums (default: a member name), `string`, vectors
-of scalars or vectors of tables; `root_type`; `file_identifier`; `//` comments.
+fields are scalars (SCALARS), enums (default: a member name), `string`, tables,
+vectors of scalars or vectors of tables; `root_type`; `file_identifier`; `//`
+comments.
 Field ids follow declaration order. Two comment conventions carry extra data:
 `// attribute "name" = <int>` declares an integer constant, and `// op: NAME` /
 `// ops: A, B` directly above a table names the custom ops that use it as
@@ -57,7 +58,7 @@ class Enum:
 @dataclasses.dataclass
 class Field:
     name: str
-    kind: str  # scalar, enum, string, vector, tables
+    kind: str  # scalar, enum, string, table, vector, tables
     type: str  # the scalar, enum, vector-element or table name
     default: object  # Python value (enum: member name); None for non-scalars
     comment: str
@@ -247,14 +248,12 @@ class _Parser:
             raise self.error(type_token.line, f"{where}: unknown type {type_name!r}")
         if vector and type_name not in SCALARS and type_name not in schema.tables:
             raise self.error(type_token.line, f"{where}: only vectors of scalars or tables are supported")
-        if not vector and type_name in schema.tables:
-            raise self.error(type_token.line, f"{where}: table fields are not supported, use a vector of tables")
-        if default is not None and (vector or type_name == "string"):
+        if default is not None and (vector or type_name == "string" or type_name in schema.tables):
             raise self.error(name.line, f"{where}: only scalar and enum fields take a default")
         if vector:
             return Field(name.text, "tables" if type_name in schema.tables else "vector", type_name, None, comment)
-        if type_name == "string":
-            return Field(name.text, "string", type_name, None, comment)
+        if type_name == "string" or type_name in schema.tables:
+            return Field(name.text, "string" if type_name == "string" else "table", type_name, None, comment)
         if type_name in schema.enums:
             members = {member: value for member, value, _ in schema.enums[type_name].members}
             if default is None:
