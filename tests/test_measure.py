@@ -8,6 +8,7 @@ import pytest
 
 from conftest import REPO, run_cli, shared_path
 from tflm_train import ir, measure, tflm_runner
+from tflm_train.converter import memory
 from tflm_train.errors import UserError
 
 SCHEME = os.path.join(REPO, "benchmarks", "schemes", "person_detect.json")
@@ -43,6 +44,16 @@ def test_estimate_is_within_tolerance(measured):
     error = (measured["estimated_arena_bytes"] - measured["measured_arena_bytes"]) / measured["measured_arena_bytes"]
     assert measured["arena_estimate_error"] == pytest.approx(error)
     assert abs(error) <= ESTIMATE_TOLERANCE
+
+
+def test_estimate_of_a_chained_model(person_detect_training, measured):
+    """Its first 18 layers run as one TFLT_CONV_CHAIN (scratch planned like any output): the planned
+    head is exact, the persistent tail within its 16-byte alignment padding."""
+    graph = ir.load(ir.read_file(person_detect_training))
+    assert [len(op.inputs) for op in graph.ops if op.kind == "TFLT_CONV_CHAIN"] == [1 + 4 * 18]
+    estimate = memory.estimate(graph)
+    assert estimate.planned_bytes == measured["measured_head_bytes"]
+    assert abs(estimate.arena_bytes - measured["measured_arena_bytes"]) <= 16
 
 
 def test_training_step_runs_at_measured_arena_and_not_below(person_detect_training, measured):

@@ -13,9 +13,12 @@ import dataclasses
 import numpy as np
 import pytest
 
+from chain_cases import CHAINS, chain_parameters, random_chain, random_layers
+from depthwise_cases import varied
 from micro_build import CORE_SOURCES, REPO, build_library, ptr
 from tflm_train.kernels_grad import common, conv, mean, softmax_xent, train_init, update
 from tflm_train.kernels_grad.common import F32, Window
+from tflm_train.kernels_grad.conv_chain import conv_chain
 from tflm_train.kernels_grad.depthwise_conv import depthwise_conv2d, depthwise_input_grad
 from tflm_train.reference.quantization import multiply_by_quantized_multiplier, quantize_multiplier
 
@@ -44,6 +47,8 @@ SIGNATURES = {
     "shim_multiply_by_quantized_multiplier": ([P, P, P, I, P], None),
     "shim_split_conv": ([P, P, P, P, P, I, I, I, P, P, P, P], None),
     "shim_depthwise_conv": ([P, P, P, P, I, I, P, P, P, P], None),
+    "shim_conv_chain_scratch_bytes": ([P, I], ctypes.c_size_t),
+    "shim_conv_chain": ([P, P, I, P, P, P], None),
     "shim_copy_leading_channels": ([P, P, I, I, I, I], None),
     "shim_next_step": ([ctypes.c_int32], ctypes.c_int32),
 }
@@ -561,6 +566,44 @@ def test_depthwise_conv_matches_reference(core, seed):
                                 output_width=case.out_w, **case.window_options(), **stage.options(),
                                 depth_multiplier=m)
     np.testing.assert_array_equal(y, expected)
+
+
+def chain_stage_ints(x_shape, stages, parameters) -> np.ndarray:
+    """The shim's int32[20] per stage: depthwise, geometry, output stage, channels, depth multiplier."""
+    rows, (h, w, c) = [], x_shape[1:]
+    for stage, (weight, *_) in zip(stages, parameters):
+        window = [getattr(stage, name) for name in common.WINDOW_FIELDS]
+        rows.append([stage.depthwise, h, w, stage.output_height, stage.output_width, *weight.shape[1:3], *window,
+                     stage.x_zero_point, stage.y_zero_point, stage.act_min, stage.act_max, c, stage.output_channels,
+                     stage.depth_multiplier])
+        h, w, c = stage.output_height, stage.output_width, stage.output_channels
+    return np.array(rows, np.int32)
+
+
+@pytest.mark.parametrize("seed", range(len(CHAINS) + 10))
+def test_conv_chain_matches_reference(core, seed):
+    """The named chains, then random ones; the windows stay inside the scratch they are given."""
+    rng = np.random.default_rng(seed)
+    if seed < len(CHAINS):
+        layers, size = CHAINS[sorted(CHAINS)[seed]]
+    else:
+        size = (*(int(s) for s in rng.integers(10, 24, size=2)), int(rng.integers(1, 5)))
+        layers = random_layers(rng, int(rng.integers(2, 6)), *size[:2])
+    chain = random_chain(rng, layers, *size)
+    op = chain.chain_op(chain.graph())
+    stages, parameters = chain_parameters(op)
+    ints = chain_stage_ints(chain.x.shape, stages, parameters)
+    tensors = (ctypes.c_void_p * ints.size)(*(ptr(a) for arrays in parameters for a in arrays))
+    scratch_bytes = op.outputs[1].size
+    assert core.shim_conv_chain_scratch_bytes(ptr(ints), len(stages)) == scratch_bytes
+    guard = 64
+    scratch = np.full(scratch_bytes + guard, 0x5A, np.int8)
+    x = chain.image(rng)
+    y = np.zeros(chain.y.shape, np.int8)
+    core.shim_conv_chain(ptr(ints), tensors, len(stages), ptr(x), ptr(scratch), ptr(y))
+    expected = conv_chain(x, parameters, stages)
+    np.testing.assert_array_equal(y, expected)
+    assert varied(y) and (scratch[scratch_bytes:] == 0x5A).all()
 
 
 # ---------------------------------------------------------------- initialisation and geometry

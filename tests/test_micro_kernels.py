@@ -11,8 +11,11 @@ import flatbuffers
 import numpy as np
 import pytest
 
+from chain_cases import CHAINS, chain_parameters, random_chain
+from depthwise_cases import varied
 from micro_build import CORE_SOURCES, KERNEL_SOURCES, REPO, build_library, ptr
 from tflm_train.kernels_grad import conv, mask, mean, softmax_xent, update
+from tflm_train.kernels_grad.conv_chain import conv_chain
 from tflm_train.kernels_grad.common import F32
 from tflm_train.kernels_grad.depthwise_conv import depthwise_conv2d, depthwise_input_grad
 from tflm_train.reference.quantization import quantize_multiplier
@@ -208,6 +211,18 @@ def depthwise_input_grad_call(multiplier: int = 2) -> Call:
                 [nan_filled((1, H, W, I))])
 
 
+def conv_chain_call() -> Call:
+    """MCUNet's first layers (stem, depthwise, projection, expansion, stride-2 depthwise, projection)
+    on a 9x9x3 image: 6 stages, 25 inputs."""
+    rng = np.random.default_rng(RNG_SEED)
+    chain = random_chain(rng, CHAINS["mcunet_head"][0], 9, 9, 3)
+    op = chain.chain_op(chain.graph())
+    stages, parameters = chain_parameters(op)
+    inputs = [chain.image(rng)] + [None if a is None else Const(a) for arrays in parameters for a in arrays]
+    return Call("TFLT_CONV_CHAIN", schema.ConvChainOptions(stages=stages), inputs,
+                [np.zeros(chain.y.shape, np.int8), np.full(op.outputs[1].shape, 0x5A, np.int8)])
+
+
 def softmax_xent_call(classes: int = 10, label_value: int = 3) -> Call:
     logits = np.random.default_rng(RNG_SEED).integers(-128, 128, size=(1, classes)).astype(np.int8)
     return Call("TFLT_SOFTMAX_XENT", schema.SoftmaxXentOptions(logits_scale=0.0625, logits_zero_point=-5),
@@ -346,6 +361,18 @@ def test_depthwise_conv_kernel(kernels, multiplier, w_variable, bias):
     assert len(np.unique(expected)) > 10
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_chain_kernel(kernels, bias):
+    call = conv_chain_call()
+    if not bias:
+        call.inputs[2::4] = [None] * 6
+    run_ok(kernels, call)
+    parameters = [[getattr(v, "array", v) for v in call.inputs[i:i + 4]] for i in range(1, 25, 4)]
+    expected = conv_chain(call.inputs[0], parameters, call.options.stages)
+    np.testing.assert_array_equal(call.outputs[0], expected)
+    assert varied(expected)
+
+
 @pytest.mark.parametrize("shape, act_min, act_max", [
     ((1, HO, WO, O), ACT_MIN, ACT_MAX),     # 45 elements: a partial last byte
     ((1, 16), -128, 127),
@@ -460,12 +487,20 @@ def test_label_beyond_classes_is_an_error(kernels, label_value):
     assert "out of range" in message
 
 
-def test_malformed_options_fail_init(kernels):
-    call = conv_input_grad_call(make_layer())
+@pytest.mark.parametrize("build", [lambda: conv_input_grad_call(make_layer()), conv_chain_call])
+def test_malformed_options_fail_init(kernels, build):
+    call = build()
     call.options = b"\x40\x00\x00\x00\x01"
     code, message = call.run(kernels)
     assert code == INIT_FAILED
     assert "malformed" in message
+
+
+def test_chain_with_a_truncated_stage_fails_init(kernels):
+    call = conv_chain_call()
+    data = call.options.to_bytes()
+    call.options = data[:-8]
+    assert call.run(kernels) == (INIT_FAILED, "TFLT_CONV_CHAIN: malformed custom options\n")
 
 
 def test_unknown_rounding_mode_fails_init(kernels):
@@ -506,6 +541,24 @@ def _set_option(**changes):
 def _drop_inputs(count):
     def mutate(call):
         del call.inputs[-count:]
+    return mutate
+
+
+def _set_stage(index, **changes):
+    def mutate(call):
+        call.options.stages[index] = dataclasses.replace(call.options.stages[index], **changes)
+    return mutate
+
+
+def _first_stage_only(call):
+    call.options.stages[1:] = []
+    del call.inputs[5:]
+
+
+def _chain_input(index, transform):
+    """Replaces input `index` of conv_chain_call by `transform` of its array."""
+    def mutate(call):
+        call.inputs[index] = transform(call.inputs[index].array)
     return mutate
 
 
@@ -616,6 +669,28 @@ BAD_GRAPHS = {
                                        "expected 5 to 5"),
     "depthwise_conv_y_zero_point": (depthwise_conv_call, _set_option(y_zero_point=128), "y_zero_point"),
     "depthwise_conv_act_range": (depthwise_conv_call, _set_option(act_min=10, act_max=9), "act_min must not exceed"),
+    "chain_one_stage": (conv_chain_call, _first_stage_only, "at least two stages"),
+    "chain_input_count": (conv_chain_call, _drop_inputs(1), "expected 25 to 25 inputs"),
+    "chain_scratch_missing": (conv_chain_call, lambda call: call.outputs.pop(), "and 2 outputs"),
+    "chain_w_variable": (conv_chain_call, _chain_input(1, np.copy), "w must be a constant"),
+    "chain_bias_variable": (conv_chain_call, _chain_input(6, np.copy), "bias must be a constant"),
+    "chain_conv_channels": (conv_chain_call, _chain_input(9, lambda w: Const(w[..., :-1].copy())),
+                            "a conv stage's w must be [O, kh, kw, I]"),
+    "chain_stage_named": (conv_chain_call, _chain_input(9, lambda w: Const(w[..., :-1].copy())), "(stage 2)"),
+    "chain_depthwise_channels": (conv_chain_call, _chain_input(5, lambda w: Const(w[..., :-1].copy())),
+                                 "w's last dim"),
+    "chain_output_channels": (conv_chain_call, _set_stage(2, output_channels=99), "output_channels must be"),
+    "chain_padding": (conv_chain_call, _set_stage(0, pad_top=3), "padding"),
+    "chain_stage_height": (conv_chain_call, _set_stage(1, output_height=9), "larger"),
+    "chain_act_range": (conv_chain_call, _set_stage(3, act_min=10, act_max=9), "act_min must not exceed"),
+    "chain_multiplier_negative": (conv_chain_call, _chain_input(15, lambda m: Const(-np.abs(m) - 1)),
+                                  "multiplier must be >= 0"),
+    "chain_x_type": (conv_chain_call, _set_input(0, np.zeros((1, 9, 9, 3), np.uint8)), "x must be int8"),
+    "chain_y_shape": (conv_chain_call, _set_output(0, np.zeros((1, 3, 3, 2), np.int8)), "y is"),
+    "chain_scratch_size": (conv_chain_call, lambda call: call.outputs.__setitem__(1, call.outputs[1][:-1].copy()),
+                           "scratch must have shape"),
+    "chain_scratch_type": (conv_chain_call, lambda call: call.outputs.__setitem__(
+        1, call.outputs[1].astype(np.uint8)), "scratch must be int8"),
     "packed_mask_size": (lambda: conv_input_grad_call(make_layer()), _set_input(2, np.zeros(7, np.uint8)),
                          "y (a packed mask) must have shape [6]"),
     "packed_mask_rank": (lambda: bias_grad_call(make_layer()), _set_input(2, np.zeros((1, 6), np.uint8)),
@@ -653,6 +728,7 @@ def test_prepare_rejects_bad_graph(kernels, case):
 def test_every_contract_op_is_registered(kernels):
     for op in ("TFLT_TRAIN_INIT", "TFLT_SOFTMAX_XENT", "TFLT_CONV_INPUT_GRAD", "TFLT_DEPTHWISE_INPUT_GRAD",
                "TFLT_MEAN_GRAD", "TFLT_CONV_GRAD_UPDATE", "TFLT_CONV_WEIGHT_GRAD", "TFLT_BIAS_GRAD",
-               "TFLT_SGD_UPDATE", "TFLT_CONV_2D_SPLIT", "TFLT_DEPTHWISE_CONV_2D", "TFLT_ACTIVATION_MASK"):
+               "TFLT_SGD_UPDATE", "TFLT_CONV_2D_SPLIT", "TFLT_DEPTHWISE_CONV_2D", "TFLT_ACTIVATION_MASK",
+               "TFLT_CONV_CHAIN"):
         assert Call(op, b"", [], []).run(kernels)[0] != NO_SUCH_OP, op
     assert Call("TFLT_NOT_AN_OP", b"", [], []).run(kernels)[0] == NO_SUCH_OP

@@ -1,8 +1,9 @@
 """The training kernels inside the stock TFLM interpreter (through the adapter):
 TFLT_CONV_2D_SPLIT against TFLM's own CONV_2D / FULLY_CONNECTED,
 TFLT_DEPTHWISE_CONV_2D against its DEPTHWISE_CONV_2D (with and without a folded
-PAD), one training step (seeding, fused update, loss, inference mode) on
-variables, and TFLT_ACTIVATION_MASK's packed mask read by a backward op.
+PAD), TFLT_CONV_CHAIN against the stock layers it fuses, one training step
+(seeding, fused update, loss, inference mode) on variables, and
+TFLT_ACTIVATION_MASK's packed mask read by a backward op.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from tflite_micro.tensorflow.lite.python import schema_py_generated as tfl
 
+from chain_cases import CHAINS, random_chain
 from depthwise_cases import CASES, random_case, varied
 from tflm_train import ir, tflm_runner
 from tflm_train.converter.depthwise import explicit_depthwise_conv
@@ -115,6 +117,25 @@ def test_depthwise_conv_is_bit_identical_to_tflm(name):
         for _ in range(3):
             image = case.image(rng)
             expected, actual = session.invoke([image, np.array([0], np.int32)] if variables else [image])
+            np.testing.assert_array_equal(actual, expected)
+            assert varied(actual)
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_conv_chain_is_bit_identical_to_tflm(name):
+    """The stock layers (TFLM's reference kernels, PADs included) and our chain of them, built by
+    the converter, read the same image."""
+    rng = np.random.default_rng(60 + sorted(CHAINS).index(name))
+    layers, size = CHAINS[name]
+    chain = random_chain(rng, layers, *size)
+    graph = chain.graph()
+    ours = chain.chain_op(graph)
+    y = chain.y
+    ours.outputs[0] = ir.Tensor("ours", y.shape, y.dtype, quant=y.quant)
+    model = ir.emit(graph_of(chain.ops + [ours], [chain.x], [y, ours.outputs[0]]))
+    with tflm_runner.TflmSession(model) as session:
+        for _ in range(2):
+            expected, actual = session.invoke([chain.image(rng)])
             np.testing.assert_array_equal(actual, expected)
             assert varied(actual)
 

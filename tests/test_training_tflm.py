@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, shared_path
 import tf_models
 from tflm_train import ir
-from tflm_train.converter import metadata, pipeline
+from tflm_train.converter import lowering, metadata, pipeline
 from tflm_train.converter.scheme import LAYER_KINDS
 from tflm_train.errors import UserError
 from tflm_train.reference import Executor
@@ -121,9 +121,11 @@ def assert_float_close(actual, expected, what):
 
 def assert_tensors_match(session, executor, graph, gradients=True):
     """Every non-constant tensor (activations, gradients, variables): integers exact, floats close.
-    gradients=False after an inference step, which leaves float gradients unspecified."""
+    gradients=False after an inference step, which leaves float gradients unspecified. A
+    TFLT_CONV_CHAIN's scratch is unspecified too."""
+    scratch = {id(op.outputs[1]) for op in graph.ops if op.kind == "TFLT_CONV_CHAIN"}
     for index, tensor in enumerate(graph.referenced_tensors()):
-        if tensor.is_constant or (tensor.dtype == np.float32 and not gradients):
+        if tensor.is_constant or (tensor.dtype == np.float32 and not gradients) or id(tensor) in scratch:
             continue
         actual = session.tensor(index).reshape(tensor.shape)
         expected = executor.value(tensor)
@@ -196,10 +198,11 @@ def test_small_model_steps_match_reference(case):
 
 
 def test_small_models_cover_every_training_op_kind():
-    """The cases above run every TFLT_* op of docs/training_ops.md and the stock float backward builtins."""
+    """The cases above run every TFLT_* op of docs/training_ops.md and the stock float backward builtins
+    (TFLT_CONV_CHAIN only where a chain lowers the forward's peak: residual_flatten seed 1, sparse)."""
     seen = set()
-    for family, kind, reorder in itertools.product(FAMILIES, ("full", "sparse"), (True, False)):
-        _, graph, _ = convert(small_model(family, 0), lambda g: scheme_for(g, kind), reorder)
+    for family, seed, kind, reorder in itertools.product(FAMILIES, (0, 1), ("full", "sparse"), (True, False)):
+        _, graph, _ = convert(small_model(family, seed), lambda g: scheme_for(g, kind), reorder)
         seen |= {op.kind for op in graph.ops if op.role != "forward" or op.custom}
     documented = doc_training_op_kinds()
     assert len(documented) >= 10
@@ -289,12 +292,16 @@ def test_real_model_inference_step_and_reset(name, reorder, rounding):
         assert session.model_bytes() == data
 
 
+def mcunet_48():
+    from tflm_train.importer.mcunet import import_mcunet
+    return ir.emit(import_mcunet(shared_path("models/tiny-training/mcunet-5fps.pkl"), num_classes=10,
+                                 resolution=48))
+
+
 @pytest.mark.skipif(not shared_path("models/tiny-training/mcunet-5fps.pkl"), reason="needs ../shared (MCUNet)")
 def test_mcunet_with_lowered_forward_infers_like_the_import_and_steps_like_the_reference():
     """Lowered convs (flash requantisation, PADs folded) against the stock kernels of the imported model."""
-    from tflm_train.importer.mcunet import import_mcunet
-    original = ir.emit(import_mcunet(shared_path("models/tiny-training/mcunet-5fps.pkl"), num_classes=10,
-                                     resolution=48))
+    original = mcunet_48()
     with open(os.path.join(REPO, "examples", "paper_schemes", "mcunet-5fps_49kb.json")) as f:
         data, graph, md = convert(original, json.load(f))
     assert {"TFLT_CONV_2D_SPLIT"} <= {op.kind for op in graph.ops if op.role == "forward"}
@@ -310,6 +317,38 @@ def test_mcunet_with_lowered_forward_infers_like_the_import_and_steps_like_the_r
         assert_float_close(session.invoke(step)[-1], executor.invoke(step)[-1], "loss")
         assert_trainables_match(session, executor, graph, md)
         assert changed_elements(executor, graph, md) > 0
+
+
+@pytest.mark.parametrize("name", ["person_detect", "mcunet"])
+def test_conv_chains_train_exactly_like_the_layers_they_fuse(name, monkeypatch):
+    """The same model converted with TFLT_CONV_CHAIN (person_detect's first 18 layers; MCUNet's stem
+    and first blocks) and without (fusion disabled): two training steps and an inference step in
+    TFLM give the same outputs, loss and trained variables, byte for byte."""
+    if name == "mcunet":
+        model = mcunet_48()
+        with open(os.path.join(REPO, "examples", "paper_schemes", "mcunet-5fps_49kb.json")) as f:
+            scheme = json.load(f)
+        images = [np.random.default_rng(i).integers(-128, 128, (1, 48, 48, 3), dtype=np.int8) for i in range(2)]
+    else:
+        model, scheme = ir.read_file(shared_path(*REAL_MODELS[name][0])), PERSON_DETECT_SCHEME
+        images = [person_detect_input(image) for image in ("person.bmp", "no_person.bmp")]
+    chained = convert(model, scheme)
+    monkeypatch.setattr(lowering, "fuse_conv_chains", lambda graph, ops: ops)
+    plain = convert(model, scheme)
+    assert "TFLT_CONV_CHAIN" in {op.kind for op in chained[1].ops}
+    assert "TFLT_CONV_CHAIN" not in {op.kind for op in plain[1].ops}
+    steps = [training_inputs(images[0], 1, 0.05), training_inputs(images[1], 0, 0.5), training_inputs(images[0], -1, 0)]
+    results = []
+    for data, graph, md in (chained, plain):
+        with TflmSession(data, preserve_all_tensors=True) as session:
+            outputs = [session.invoke(step) for step in steps]
+            results.append((outputs, [session.tensor(index) for index, _, _ in trainable_pairs(graph, md)]))
+    (chained_outputs, chained_variables), (plain_outputs, plain_variables) = results
+    for a, b in zip(sum(chained_outputs, []), sum(plain_outputs, [])):
+        assert a.tobytes() == b.tobytes()
+    assert [v.tobytes() for v in chained_variables] == [v.tobytes() for v in plain_variables]
+    assert any((v.reshape(initial.shape) != initial).any()
+               for v, (_, _, initial) in zip(chained_variables, trainable_pairs(chained[1], chained[2])))
 
 
 # ---------------------------------------------------------------- 3. loss falls on a real binary task

@@ -427,6 +427,87 @@ inline bool ReadDepthwiseConvOptions(const uint8_t* buf, size_t size, DepthwiseC
   return true;
 }
 
+// One layer of TFLT_CONV_CHAIN: the options of a TFLT_CONV_2D_SPLIT without a
+// trainable part (depthwise false) or of a TFLT_DEPTHWISE_CONV_2D (true), and
+// the shape of the layer's output, which has no tensor unless it is the last.
+struct ConvChainStage {
+  bool depthwise = false;
+  int32_t stride_h = 1;
+  int32_t stride_w = 1;
+  int32_t dilation_h = 1;
+  int32_t dilation_w = 1;
+  int32_t pad_top = 0;
+  int32_t pad_left = 0;
+  int32_t x_zero_point = 0;
+  int32_t y_zero_point = 0;
+  int32_t act_min = -128;
+  int32_t act_max = 127;
+  int32_t depth_multiplier = 1;
+  int32_t output_height = 0;
+  int32_t output_width = 0;
+  int32_t output_channels = 0;
+};
+
+namespace detail {
+inline bool ReadFields(const Table& table, ConvChainStage* out) {
+  return ReadField(table, 0, &out->depthwise) &&
+         ReadField(table, 1, &out->stride_h) &&
+         ReadField(table, 2, &out->stride_w) &&
+         ReadField(table, 3, &out->dilation_h) &&
+         ReadField(table, 4, &out->dilation_w) &&
+         ReadField(table, 5, &out->pad_top) &&
+         ReadField(table, 6, &out->pad_left) &&
+         ReadField(table, 7, &out->x_zero_point) &&
+         ReadField(table, 8, &out->y_zero_point) &&
+         ReadField(table, 9, &out->act_min) &&
+         ReadField(table, 10, &out->act_max) &&
+         ReadField(table, 11, &out->depth_multiplier) &&
+         ReadField(table, 12, &out->output_height) &&
+         ReadField(table, 13, &out->output_width) &&
+         ReadField(table, 14, &out->output_channels);
+}
+}  // namespace detail
+
+inline bool ReadConvChainStage(const uint8_t* buf, size_t size, ConvChainStage* out) {
+  ConvChainStage options;
+  detail::Table table;
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) && detail::ReadFields(table, &options))) {
+    return false;
+  }
+  *out = options;
+  return true;
+}
+
+// Options of TFLT_CONV_CHAIN.
+struct ConvChainOptions {
+  uint32_t stages_count = 0;  // ConvChainStage elements: ReadConvChainOptionsStages
+};
+
+namespace detail {
+inline bool ReadFields(const Table& table, ConvChainOptions* out) {
+  return ReadTables<ConvChainStage>(table, 0, ReadFields, &out->stages_count);
+}
+}  // namespace detail
+
+inline bool ReadConvChainOptions(const uint8_t* buf, size_t size, ConvChainOptions* out) {
+  ConvChainOptions options;
+  detail::Table table;
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) && detail::ReadFields(table, &options))) {
+    return false;
+  }
+  *out = options;
+  return true;
+}
+
+// Element `index` (< stages_count) of ConvChainOptions.stages.
+inline bool ReadConvChainOptionsStages(const uint8_t* buf, size_t size, uint32_t index,
+    ConvChainStage* out) {
+  detail::Table table;
+  detail::Vector vector;
+  return detail::FindRoot(buf, size, &table) && detail::ReadVector(table, 0, &vector) &&
+         detail::ReadElement<ConvChainStage>(table, vector, index, detail::ReadFields, out);
+}
+
 // Options of TFLT_ACTIVATION_MASK.
 struct ActivationMaskOptions {
   int32_t act_min = -128;

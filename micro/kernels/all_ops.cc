@@ -24,6 +24,7 @@ const KernelOps* TrainingOps(int* count) {
       Conv2DSplitOp(),
       DepthwiseConvOp(),
       ActivationMaskOp(),
+      ConvChainOp(),
   };
 #ifdef TFLM_TRAIN_ABI_CANARY
   constexpr int kExtraOps = 1;

@@ -18,6 +18,7 @@ const KernelOps& SgdUpdateOp();              // TFLT_SGD_UPDATE
 const KernelOps& Conv2DSplitOp();            // TFLT_CONV_2D_SPLIT
 const KernelOps& DepthwiseConvOp();          // TFLT_DEPTHWISE_CONV_2D
 const KernelOps& ActivationMaskOp();         // TFLT_ACTIVATION_MASK
+const KernelOps& ConvChainOp();              // TFLT_CONV_CHAIN
 
 }  // namespace tflm_train
 

@@ -2,7 +2,9 @@
 // Conv geometry travels as int[12]: in_h, in_w, out_h, out_w, kernel_h,
 // kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left.
 #include <cstdint>
+#include <vector>
 
+#include "core/conv_chain.h"
 #include "core/conv_geometry.h"
 #include "core/conv_grad.h"
 #include "core/conv_update.h"
@@ -59,6 +61,31 @@ QuantizedConvParams Quantized(const int32_t* g, const int32_t* params) {
   p.act_min = params[2];
   p.act_max = params[3];
   return p;
+}
+
+// Per stage, int32[20]: depthwise, geometry[12], x_zero_point, y_zero_point,
+// act_min, act_max, in_channels, out_channels, depth_multiplier; and four
+// pointers: weight, bias (or null), multiplier, shift.
+constexpr int kChainStageInts = 20;
+
+std::vector<ConvChainStage> ChainStages(const int32_t* ints,
+                                        const void* const* tensors,
+                                        int count) {
+  std::vector<ConvChainStage> stages(count);
+  for (int i = 0; i < count; ++i) {
+    const int32_t* s = ints + i * kChainStageInts;
+    ConvChainStage& stage = stages[i];
+    stage.depthwise = s[0] != 0;
+    stage.conv = Quantized(s + 1, s + 13);
+    stage.in_channels = s[17];
+    stage.out_channels = s[18];
+    stage.depth_multiplier = s[19];
+    stage.weight = static_cast<const int8_t*>(tensors[4 * i]);
+    stage.bias = static_cast<const int32_t*>(tensors[4 * i + 1]);
+    stage.multiplier = static_cast<const int32_t*>(tensors[4 * i + 2]);
+    stage.shift = static_cast<const int32_t*>(tensors[4 * i + 3]);
+  }
+  return stages;
 }
 
 Rounding RoundingOf(int rounding) {
@@ -198,6 +225,20 @@ void shim_depthwise_conv(const int32_t* g, const int32_t* params,
   const DepthwiseConvParams p{Quantized(g, params), in_channels,
                               depth_multiplier};
   DepthwiseConv(p, x, w, bias, multiplier, shift, y);
+}
+
+size_t shim_conv_chain_scratch_bytes(const int32_t* stage_ints, int count) {
+  const std::vector<const void*> none(4 * count, nullptr);
+  return ConvChainScratchBytes(ChainStages(stage_ints, none.data(), count).data(),
+                               count);
+}
+
+void shim_conv_chain(const int32_t* stage_ints, const void* const* tensors,
+                     int count, const int8_t* x, int8_t* scratch, int8_t* y) {
+  const std::vector<ConvChainStage> stages =
+      ChainStages(stage_ints, tensors, count);
+  std::vector<RowWindow> windows(count - 1);
+  ConvChain(stages.data(), count, x, scratch, windows.data(), y);
 }
 
 void shim_copy_leading_channels(const void* src, void* dst, int rows,

@@ -6,7 +6,9 @@
 // stdin holds records [uint32 little-endian length][bytes]. Each record is
 // copied into a heap block of exactly that length, so AddressSanitizer catches
 // any read past the end. stdout gets one line per record: "false", or "true"
-// followed by " name=value" per field (floats as their IEEE-754 bits in hex).
+// followed by " name=value" per field (floats as their IEEE-754 bits in hex); a
+// vector of tables prints " name=<length>", then its elements' fields as
+// " name[i].field=value".
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -17,13 +19,15 @@ namespace {
 
 namespace s = tflm_train::schema;
 
-void Print(const char* name, int32_t value) { std::printf(" %s=%ld", name, static_cast<long>(value)); }
+const char* prefix = "";  // the element whose fields are printed, e.g. "stages[1]."
+
+void Print(const char* name, int32_t value) { std::printf(" %s%s=%ld", prefix, name, static_cast<long>(value)); }
 void Print(const char* name, bool value) { Print(name, int32_t{value}); }
 void Print(const char* name, s::Rounding value) { Print(name, static_cast<int32_t>(value)); }
 void Print(const char* name, float value) {
   uint32_t bits;
   std::memcpy(&bits, &value, sizeof(bits));
-  std::printf(" %s=0x%08x", name, static_cast<unsigned>(bits));
+  std::printf(" %s%s=0x%08x", prefix, name, static_cast<unsigned>(bits));
 }
 
 #define FIELD(name) Print(#name, options.name)
@@ -111,6 +115,46 @@ void PrintFields(const s::ActivationMaskOptions& options) {
   FIELD(act_max);
 }
 
+void PrintFields(const s::ConvChainStage& options) {
+  FIELD(depthwise);
+  FIELD(stride_h);
+  FIELD(stride_w);
+  FIELD(dilation_h);
+  FIELD(dilation_w);
+  FIELD(pad_top);
+  FIELD(pad_left);
+  FIELD(x_zero_point);
+  FIELD(y_zero_point);
+  FIELD(act_min);
+  FIELD(act_max);
+  FIELD(depth_multiplier);
+  FIELD(output_height);
+  FIELD(output_width);
+  FIELD(output_channels);
+}
+
+// Tables of scalars print from the struct alone.
+template <typename Options>
+void PrintRecord(const Options& options, const uint8_t*, size_t) {
+  PrintFields(options);
+}
+
+void PrintRecord(const s::ConvChainOptions& options, const uint8_t* buf, size_t size) {
+  Print("stages", static_cast<int32_t>(options.stages_count));
+  for (uint32_t i = 0; i < options.stages_count; ++i) {
+    s::ConvChainStage stage;
+    if (!s::ReadConvChainOptionsStages(buf, size, i, &stage)) {
+      std::printf(" stages[%u]=unreadable", static_cast<unsigned>(i));
+      continue;
+    }
+    char element[32];
+    std::snprintf(element, sizeof(element), "stages[%u].", static_cast<unsigned>(i));
+    prefix = element;
+    PrintFields(stage);
+    prefix = "";
+  }
+}
+
 template <typename Options>
 int ReadAll(bool (*read)(const uint8_t*, size_t, Options*)) {
   uint8_t header[4];
@@ -127,7 +171,7 @@ int ReadAll(bool (*read)(const uint8_t*, size_t, Options*)) {
       continue;
     }
     std::printf("true");
-    PrintFields(options);
+    PrintRecord(options, record.data(), size);
     std::printf("\n");
   }
   return 0;
@@ -146,6 +190,7 @@ int main(int argc, char** argv) {
   if (!std::strcmp(table, "SplitConvOptions")) return ReadAll(s::ReadSplitConvOptions);
   if (!std::strcmp(table, "DepthwiseConvOptions")) return ReadAll(s::ReadDepthwiseConvOptions);
   if (!std::strcmp(table, "ActivationMaskOptions")) return ReadAll(s::ReadActivationMaskOptions);
+  if (!std::strcmp(table, "ConvChainOptions")) return ReadAll(s::ReadConvChainOptions);
   std::fprintf(stderr, "usage: %s <OptionsTable> < records\n", argv[0]);
   return 2;
 }

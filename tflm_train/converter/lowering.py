@@ -9,6 +9,11 @@ as), so the padded copy of the activation never exists. Stock kernels stay where
 lowering would not save memory: narrow layers (the flash kernel's own op data and
 two more tensors outweigh 8 bytes per channel), fully connected layers, and a PAD
 something else still reads (a weight gradient needing the padded input).
+
+Then runs of frozen conv layers (no trainable parameter, each intermediate output
+read only by the next layer) become one TFLT_CONV_CHAIN, which streams rows through
+a small scratch so those intermediates never exist whole: at 128x128, the early
+layers of MCUNet and MobileNetV2 materialise 128-192 KB activations otherwise.
 """
 from __future__ import annotations
 
@@ -16,13 +21,23 @@ import numpy as np
 
 from tflm_train import ir
 from tflm_train.converter import depthwise, layers, memory
-from tflm_train.schema.training_ops_generated import SplitConvOptions
+from tflm_train.kernels_grad.common import decode_options
+from tflm_train.kernels_grad.conv_chain import scratch_bytes
+from tflm_train.schema.training_ops_generated import (ConvChainOptions, ConvChainStage, DepthwiseConvOptions,
+                                                      SplitConvOptions)
 
 LOWERED_KINDS = ("CONV_2D", "DEPTHWISE_CONV_2D")
+FLASH_KINDS = ("TFLT_CONV_2D_SPLIT", "TFLT_DEPTHWISE_CONV_2D")
 
 
 def lower_forward(graph: ir.Graph, ops: list) -> list:
-    """`ops` (the whole step, in order) with every frozen-parameter conv lowered and foldable PADs removed."""
+    """`ops` (the whole step, in order) with convs lowered, foldable PADs removed and chains of frozen convs
+    fused."""
+    return fuse_conv_chains(graph, lower_convs(graph, ops))
+
+
+def lower_convs(graph: ir.Graph, ops: list) -> list:
+    """`ops` with every frozen-parameter conv lowered where that saves memory and foldable PADs removed."""
     readers, producers = ir.readers(ops), ir.producers(ops)
     outputs = {id(t) for t in graph.outputs}
     folded, lowered = set(), {}
@@ -42,6 +57,56 @@ def lower_forward(graph: ir.Graph, ops: list) -> list:
     return [lowered.get(id(op), op) for op in ops if id(op) not in folded]
 
 
+def fuse_conv_chains(graph: ir.Graph, ops: list) -> list:
+    """`ops` with runs of frozen convs fused into TFLT_CONV_CHAIN ops where that lowers the forward's peak."""
+    staging = ir.Graph([], [], [], [])  # the candidates' new tensors, until a candidate is kept
+    chains = {}
+    for run in _frozen_runs(graph, ops):
+        chain = conv_chain_op(staging, run)
+        if _intermediate_bytes(run) > chain.outputs[1].nbytes:
+            chains[id(run[0])] = (run, chain)
+    # A chain changes only what is live during the forward, so it is judged by the forward's own planned
+    # peak (inference's): what the backward keeps of the forward, the later passes shrink (masks,
+    # recomputation), but not below that. It costs speed (our portable kernels instead of TFLM's
+    # optimized ones, the windows' row shifts): those that do not lower the peak are dropped, those
+    # with the least to save first.
+    forward = [op for op in ops if op.role == "forward"]
+    tensors = graph.tensors + staging.tensors
+
+    def forward_peak(kept: dict) -> int:
+        trial = ir.Graph(_with_chains(forward, kept), graph.inputs, graph.outputs, tensors)
+        return memory.estimate(trial).planned_bytes
+
+    kept, best = chains, forward_peak(chains)
+    for key in sorted(chains, key=lambda k: _intermediate_bytes(chains[k][0])):
+        trial = {k: chain for k, chain in kept.items() if k != key}
+        peak = forward_peak(trial)
+        if peak <= best:
+            kept, best = trial, peak
+    used = {id(t) for _, chain in kept.values() for t in chain.inputs + chain.outputs}
+    graph.tensors += [t for t in staging.tensors if id(t) in used]
+    return _with_chains(ops, kept)
+
+
+def conv_chain_op(graph: ir.Graph, convs: list) -> ir.Op:
+    """The TFLT_CONV_CHAIN computing what `convs` compute, each reading the one before's output: frozen
+    TFLT_CONV_2D_SPLIT / TFLT_DEPTHWISE_CONV_2D ops or stock convs (whose flash constants go to `graph`)."""
+    flash = [op if op.kind in FLASH_KINDS else _lowered(graph, op, op.inputs[0], (0, 0)) for op in convs]
+    stages, inputs = [], [flash[0].inputs[0]]
+    for op in flash:
+        depthwise = op.kind == "TFLT_DEPTHWISE_CONV_2D"
+        _, height, width, channels = op.outputs[0].shape
+        stages.append(ConvChainStage(depthwise=depthwise, output_height=height, output_width=width,
+                                     output_channels=channels,
+                                     **decode_options(DepthwiseConvOptions if depthwise else SplitConvOptions, op)))
+        inputs += [op.inputs[1], *op.inputs[-3:]]  # w, bias, multiplier, shift
+    y = flash[-1].outputs[0]
+    scratch = graph.add_tensor(ir.Tensor(f"{y.name}/chain_scratch",
+                                         (scratch_bytes(stages, [op.inputs[1].shape[1] for op in flash]),), np.int8))
+    return ir.Op("TFLT_CONV_CHAIN", inputs, [y, scratch], custom=True, role=convs[0].role,
+                 custom_options=ConvChainOptions(stages=stages).to_bytes())
+
+
 def split_conv_op(graph: ir.Graph, op: ir.Op, x: ir.Tensor, w: ir.Tensor, w_train, bias, leading_pad=(0, 0)) -> ir.Op:
     """The TFLT_CONV_2D_SPLIT computing `op`'s output from `x`, which lacks `leading_pad` (top, left)
     of the input `op` reads; the missing trailing padding needs no parameter (the output shape fixes it)."""
@@ -54,6 +119,39 @@ def _lowered(graph: ir.Graph, op: ir.Op, x: ir.Tensor, leading_pad: tuple) -> ir
     if op.kind == "DEPTHWISE_CONV_2D":
         return depthwise.explicit_depthwise_conv(graph, op, leading_pad, x)
     return split_conv_op(graph, op, x, op.inputs[1], None, _bias(op), leading_pad)
+
+
+def _frozen_runs(graph: ir.Graph, ops: list) -> list:
+    """Runs of two or more consecutive frozen convs, each but the last read only by the next."""
+    readers = ir.readers(ops)
+    outputs = {id(t) for t in graph.outputs}
+    runs, run = [], []
+    for i, op in enumerate(ops):
+        if not _frozen_conv(op):
+            runs, run = runs + [run], []
+            continue
+        last = run[-1].outputs[0] if run else None
+        if last is not None and op.inputs[0] is last and readers[id(last)] == [(i, 0)] and id(last) not in outputs:
+            run.append(op)
+        else:
+            runs, run = runs + [run], [op]
+    return [run for run in runs + [run] if len(run) >= 2]
+
+
+def _intermediate_bytes(run: list) -> int:
+    return sum(op.outputs[0].nbytes for op in run[:-1])
+
+
+def _frozen_conv(op: ir.Op) -> bool:
+    """A forward conv whose parameters are all flash constants (no trainable part)."""
+    return (op.role == "forward" and op.kind in LOWERED_KINDS + FLASH_KINDS and len(op.inputs[1].shape) == 4
+            and all(t is None or t.is_constant for t in op.inputs[1:]))
+
+
+def _with_chains(ops: list, chains: dict) -> list:
+    """`ops` with each run of `chains` ({id(its first op): (run, chain op)}) replaced by its chain op."""
+    fused = {id(op) for run, _ in chains.values() for op in run}
+    return [chains[id(op)][1] if id(op) in chains else op for op in ops if id(op) in chains or id(op) not in fused]
 
 
 def _saves_bookkeeping(op: ir.Op) -> bool:

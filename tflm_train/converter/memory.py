@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 
 from tflm_train import ir
+from tflm_train.kernels_grad import conv_chain
 
 ALIGNMENT = 16
 
@@ -34,9 +35,12 @@ OP_DATA_BYTES = {
     "TFLT_TRAIN_INIT": 16, "TFLT_SOFTMAX_XENT": 16, "TFLT_CONV_2D_SPLIT": 160, "TFLT_DEPTHWISE_CONV_2D": 128,
     "TFLT_CONV_GRAD_UPDATE": 144, "TFLT_CONV_INPUT_GRAD": 144, "TFLT_DEPTHWISE_INPUT_GRAD": 112,
     "TFLT_MEAN_GRAD": 16, "TFLT_CONV_WEIGHT_GRAD": 144, "TFLT_BIAS_GRAD": 80, "TFLT_SGD_UPDATE": 32,
-    "TFLT_ACTIVATION_MASK": 16,
+    "TFLT_ACTIVATION_MASK": 16, "TFLT_CONV_CHAIN": 32, "TFLT_DEPTHWISE_POINTWISE_GRAD": 288,
 }
 OTHER_OP_DATA_BYTES = 64      # a kind not calibrated above
+# TFLT_CONV_CHAIN's second allocation: per stage a core::ConvChainStage, and a RowWindow but for the last.
+CHAIN_STAGE_BYTES = 112
+CHAIN_WINDOW_BYTES = 24
 # Per-channel-quantized weights: two arrays (multiplier, shift), an int32 per output channel in each.
 PER_CHANNEL_OP_DATA_BYTES = 4
 PER_CHANNEL_KINDS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -113,6 +117,19 @@ def estimate(graph: ir.Graph) -> MemoryEstimate:
     return MemoryEstimate(planned + variables + overhead, planned, variables, overhead, timeline)
 
 
+def drop_unpaid(candidates: dict, arena, order) -> dict:
+    """`candidates` ({key: change}) without each change whose removal does not raise `arena(kept)`, tried
+    in `order` (keys): a pass keeps a change only where the estimated arena drops, and TFLM's greedy
+    placement makes that a property of the whole set, not of each change alone."""
+    chosen, best = candidates, arena(candidates)
+    for key in order:
+        trial = {k: change for k, change in chosen.items() if k != key}
+        cost = arena(trial)
+        if cost <= best:
+            chosen, best = trial, cost
+    return chosen
+
+
 def bookkeeping_bytes(graph: ir.Graph) -> int:
     """The interpreter's persistent tail apart from variables."""
     io = list(graph.inputs) + list(graph.outputs)
@@ -124,6 +141,9 @@ def bookkeeping_bytes(graph: ir.Graph) -> int:
 
 def op_data_bytes(op: ir.Op) -> int:
     size = OP_DATA_BYTES.get(op.kind, OTHER_OP_DATA_BYTES)
+    if op.kind == "TFLT_CONV_CHAIN":
+        stages = (len(op.inputs) - 1) // conv_chain.STAGE_INPUTS
+        size += align(CHAIN_STAGE_BYTES * stages + CHAIN_WINDOW_BYTES * (stages - 1))
     weight = op.inputs[1] if op.kind in PER_CHANNEL_KINDS and len(op.inputs) > 1 else None
     if weight is not None and weight.quant is not None and weight.quant.per_channel:
         size += 2 * align(PER_CHANNEL_OP_DATA_BYTES * weight.quant.scale.size)

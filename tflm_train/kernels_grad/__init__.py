@@ -5,5 +5,5 @@ registers every op's reference-executor kernel."""
 # kernels, and these modules import from it: entering through it first keeps
 # that import cycle in an order where each module is complete before use.
 import tflm_train.reference  # noqa: F401
-from tflm_train.kernels_grad import (common, update, depthwise_conv, conv, mean, softmax_xent, train_init,  # noqa: F401
-                                     add, reshape, pad, quantize, mask)
+from tflm_train.kernels_grad import (common, update, depthwise_conv, conv, conv_chain, mean, softmax_xent,  # noqa: F401
+                                     train_init, add, reshape, pad, quantize, mask)

@@ -203,6 +203,56 @@ class DepthwiseConvOptions(Table):
     )
 
 
+# One layer of TFLT_CONV_CHAIN: the options of a TFLT_CONV_2D_SPLIT without a
+# trainable part (depthwise false) or of a TFLT_DEPTHWISE_CONV_2D (true), and
+# the shape of the layer's output, which has no tensor unless it is the last.
+@dataclass
+class ConvChainStage(Table):
+    depthwise: bool = False
+    stride_h: int = 1
+    stride_w: int = 1
+    dilation_h: int = 1
+    dilation_w: int = 1
+    pad_top: int = 0
+    pad_left: int = 0
+    x_zero_point: int = 0
+    y_zero_point: int = 0
+    act_min: int = -128
+    act_max: int = 127
+    depth_multiplier: int = 1
+    output_height: int = 0
+    output_width: int = 0
+    output_channels: int = 0
+
+    FIELDS = (
+        Field("depthwise", "scalar", "?", None, False),
+        Field("stride_h", "scalar", "i", None, 1),
+        Field("stride_w", "scalar", "i", None, 1),
+        Field("dilation_h", "scalar", "i", None, 1),
+        Field("dilation_w", "scalar", "i", None, 1),
+        Field("pad_top", "scalar", "i", None, 0),
+        Field("pad_left", "scalar", "i", None, 0),
+        Field("x_zero_point", "scalar", "i", None, 0),
+        Field("y_zero_point", "scalar", "i", None, 0),
+        Field("act_min", "scalar", "i", None, -128),
+        Field("act_max", "scalar", "i", None, 127),
+        Field("depth_multiplier", "scalar", "i", None, 1),
+        Field("output_height", "scalar", "i", None, 0),
+        Field("output_width", "scalar", "i", None, 0),
+        Field("output_channels", "scalar", "i", None, 0),
+    )
+
+
+# Options of TFLT_CONV_CHAIN.
+@dataclass
+class ConvChainOptions(Table):
+    stages: list[ConvChainStage] = field(default_factory=list)  # in execution order
+
+    FIELDS = (
+        Field("stages", "tables", None, ConvChainStage),
+    )
+
+
 # Options of TFLT_ACTIVATION_MASK.
 @dataclass
 class ActivationMaskOptions(Table):
@@ -288,5 +338,6 @@ OPTIONS_BY_OP = {
     "TFLT_SGD_UPDATE": SgdUpdateOptions,
     "TFLT_CONV_2D_SPLIT": SplitConvOptions,
     "TFLT_DEPTHWISE_CONV_2D": DepthwiseConvOptions,
+    "TFLT_CONV_CHAIN": ConvChainOptions,
     "TFLT_ACTIVATION_MASK": ActivationMaskOptions,
 }
