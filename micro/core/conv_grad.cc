@@ -31,19 +31,14 @@ void ConvInputGrad(const ConvGeometry& geometry, const ActivationMask& mask,
   }
 }
 
-float BiasGrad(int positions, int out_channels, const ActivationMask& mask,
-               const float* dy, int o) {
+float BiasGrad(int positions, const ChannelGradient& md) {
   float acc = 0.0f;
-  for (int p = 0; p < positions; ++p) {
-    const int index = p * out_channels + o;
-    acc = acc + mask.Apply(dy[index], index);
-  }
+  for (int p = 0; p < positions; ++p) acc = acc + md.At(p);
   return acc;
 }
 
-float WeightGradAt(const WeightGradSpec& spec, const ActivationMask& mask,
-                   const float* dy, const int8_t* x, int o, int kh, int kw,
-                   int x_channel) {
+float WeightGradAt(const WeightGradSpec& spec, const ChannelGradient& md,
+                   const int8_t* x, int kh, int kw, int x_channel) {
   const ConvGeometry& g = spec.geometry;
   float acc = 0.0f;
   for (int oh = 0; oh < g.out_h; ++oh) {
@@ -52,9 +47,8 @@ float WeightGradAt(const WeightGradSpec& spec, const ActivationMask& mask,
     for (int ow = 0; ow < g.out_w; ++ow) {
       const int iw = g.InputCol(ow, kw);
       if (iw < 0 || iw >= g.in_w) continue;
-      const int index = (oh * g.out_w + ow) * spec.out_channels + o;
       const int32_t xq = x[(ih * g.in_w + iw) * spec.x_channels + x_channel];
-      acc = acc + mask.Apply(dy[index], index) *
+      acc = acc + md.At(oh * g.out_w + ow) *
                       static_cast<float>(xq - spec.x_zero_point);
     }
   }

@@ -18,9 +18,23 @@ void ConvInputGrad(const ConvGeometry& geometry, const ActivationMask& mask,
                    const float* dy, const SplitWeight& weight,
                    const float* w_scale, float* dx);
 
-// gb = sum_p md[p, o], p in row-major (oh, ow) order.
-float BiasGrad(int positions, int out_channels, const ActivationMask& mask,
-               const float* dy, int o);
+// One output channel `channel` of a masked gradient dy [P, channels] (P
+// positions, row-major): md at position p. An op that streams output channels
+// keeps just one channel's md (channels 1, no mask).
+struct ChannelGradient {
+  const float* dy = nullptr;
+  ActivationMask mask;
+  int channels = 1;
+  int channel = 0;
+
+  float At(int p) const {
+    const int index = p * channels + channel;
+    return mask.Apply(dy[index], index);
+  }
+};
+
+// gb = sum_p md[p], p in row-major (oh, ow) order.
+float BiasGrad(int positions, const ChannelGradient& md);
 
 // The weight gradient of one output channel, for the fused update (which
 // consumes each element at once) and TFLT_CONV_WEIGHT_GRAD alike.
@@ -37,30 +51,29 @@ struct WeightGradSpec {
   float x_scale = 0.0f;
 };
 
-// acc = sum_p md[p, o] * (float)(x[ih, iw, x_channel] - x_zp) over in-bounds
+// acc = sum_p md[p] * (float)(x[ih, iw, x_channel] - x_zp) over in-bounds
 // positions in row-major order; returns acc * x_scale.
-float WeightGradAt(const WeightGradSpec& spec, const ActivationMask& mask,
-                   const float* dy, const int8_t* x, int o, int kh, int kw,
-                   int x_channel);
+float WeightGradAt(const WeightGradSpec& spec, const ChannelGradient& md,
+                   const int8_t* x, int kh, int kw, int x_channel);
 
 // Calls visit(flat_index, g) for every trainable weight element of output
-// channel `o`; flat_index is row-major within the trainable weight.
+// channel `o` (whose gradient `md` is); flat_index is row-major within the
+// trainable weight.
 template <typename Visit>
-void ForEachWeightGrad(const WeightGradSpec& spec, const ActivationMask& mask,
-                       const float* dy, const int8_t* x, int o, Visit&& visit) {
+void ForEachWeightGrad(const WeightGradSpec& spec, const ChannelGradient& md,
+                       const int8_t* x, int o, Visit&& visit) {
   const ConvGeometry& g = spec.geometry;
   for (int kh = 0; kh < g.kernel_h; ++kh) {
     for (int kw = 0; kw < g.kernel_w; ++kw) {
       const int tap = kh * g.kernel_w + kw;
       if (spec.depthwise) {
         visit(tap * spec.train_channels + o,
-              WeightGradAt(spec, mask, dy, x, o, kh, kw,
-                           o / spec.depth_multiplier));
+              WeightGradAt(spec, md, x, kh, kw, o / spec.depth_multiplier));
         continue;
       }
       const int row = (o * g.kernel_h * g.kernel_w + tap) * spec.train_channels;
       for (int i = 0; i < spec.train_channels; ++i) {
-        visit(row + i, WeightGradAt(spec, mask, dy, x, o, kh, kw, i));
+        visit(row + i, WeightGradAt(spec, md, x, kh, kw, i));
       }
     }
   }

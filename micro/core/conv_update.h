@@ -30,6 +30,27 @@ struct TrainingStep {
   int32_t step = 0;  // state[1]
 };
 
+// One output channel's fused gradient + update at a time, for
+// TFLT_CONV_GRAD_UPDATE (every channel of dy) and for ops that have a
+// channel's gradient before the next one's.
+class ChannelUpdate {
+ public:
+  ChannelUpdate(const WeightGradSpec& spec, const TrainingStep& step,
+                const TrainableParam<int8_t>& weight,
+                const TrainableParam<int32_t>& bias);
+
+  // Updates output channel o's trainable weight row and bias from its
+  // gradient `md` (over the spec's output positions) and the layer input x.
+  void Apply(const ChannelGradient& md, const int8_t* x, int o) const;
+
+ private:
+  WeightGradSpec spec_;
+  TrainableParam<int8_t> weight_;
+  TrainableParam<int32_t> bias_;
+  UpdateRule weight_rule_;
+  UpdateRule bias_rule_;
+};
+
 void ConvGradUpdate(const WeightGradSpec& spec, const ActivationMask& mask,
                     const float* dy, const int8_t* x, const TrainingStep& step,
                     const TrainableParam<int8_t>& weight,

@@ -17,6 +17,14 @@ void DepthwiseInputGrad(const ConvGeometry& geometry,
                         const int8_t* w, const float* w_scale, int in_channels,
                         int depth_multiplier, float* dx);
 
+// One element dx[ih, iw, i] of DepthwiseInputGrad, for an op that needs one
+// channel of dx at a time.
+float DepthwiseInputGradAt(const ConvGeometry& geometry,
+                           const ActivationMask& mask, const float* dy,
+                           const int8_t* w, const float* w_scale,
+                           int in_channels, int depth_multiplier, int ih,
+                           int iw, int i);
+
 }  // namespace core
 }  // namespace tflm_train
 

@@ -52,7 +52,8 @@ Status Eval(KernelContext& ctx, void* op_data) {
   if (!tensors.ok()) return Status::kError;
   if (label[0] < 0) return Status::kOk;
   for (int o = 0; o < data.bias_channels; ++o) {
-    db[o] = core::BiasGrad(data.dy.h * data.dy.w, data.dy.c, mask, dy, o);
+    db[o] = core::BiasGrad(data.dy.h * data.dy.w,
+                           core::ChannelGradient{dy, mask, data.dy.c, o});
   }
   return Status::kOk;
 }

@@ -28,53 +28,21 @@ void* Init(KernelContext& ctx, const uint8_t* buffer, size_t size) {
                                           buffer, size);
 }
 
-// A trainable's optional (variable, qas) pair: both or neither.
-bool OptionalPair(kernels::Checker& check, int var_index, int qas_index,
-                  const char* qas_name, int out_channels, TensorView* var,
-                  bool* present) {
-  TensorView qas;
-  *present = check.Optional(var_index, var);
-  if (check.Optional(qas_index, &qas) != *present) {
-    return check.Fail("a trainable variable and its qas go together");
-  }
-  return !*present ||
-         check.Vector(qas, qas_name, DType::kFloat32, out_channels);
-}
-
 bool Validate(KernelContext& ctx, OpData& data) {
   const schema::ConvUpdateOptions& opt = data.options;
   kernels::Checker check(ctx, kName);
-  TensorView label, x, w_train, b_train;
+  TensorView label;
   kernels::Image dy;
-  bool has_bias;
   if (!check.Counts(kX + 1, kNumInputs, 0) || !check.Label(kLabel, &label) ||
       !check.TrainingStep(kLr, kState) ||
       !check.Gradient(kDy, kY, opt.act_min, opt.act_max, &dy, &data.has_y) ||
-      !OptionalPair(check, kWTrain, kWQas, "w_qas",
-                    dy.c, &w_train, &data.has_weight) ||
-      // x only feeds the weight gradient.
-      (data.has_weight && (!check.Required(kX, "x", &x) ||
-                           !check.Type(x, "x", DType::kInt8))) ||
-      !OptionalPair(check, kBTrain, kBQas, "b_qas",
-                    dy.c, &b_train, &has_bias)) {
+      !kernels::ValidateUpdate(check, opt, {kX, kWTrain, kWQas, kBTrain, kBQas},
+                               dy, &data.spec, &data.has_weight,
+                               &data.bias_channels)) {
     return false;
   }
-  if (!data.has_weight && !has_bias) return check.Fail("nothing to update");
-  data.spec = kernels::BiasOnlySpec(opt, dy);
-  if (data.has_weight &&
-      !kernels::ValidateWeightGrad(check, opt, w_train, "w_train",
-                                   DType::kInt8, dy, x, &data.spec)) {
-    return false;
-  }
-  data.bias_channels = 0;
-  if (has_bias) {
-    if (!check.Type(b_train, "b_train", DType::kInt32)) return false;
-    if (b_train.rank != 1 || b_train.dims[0] < 1 || b_train.dims[0] > dy.c) {
-      return check.Fail("b_train must be [Ob] with 1 <= Ob <= dy's channels");
-    }
-    data.bias_channels = b_train.dims[0];
-  }
-  return true;
+  return data.has_weight || data.bias_channels > 0 ||
+         check.Fail("nothing to update");
 }
 
 Status Eval(KernelContext& ctx, void* op_data) {

@@ -48,7 +48,8 @@ Status Eval(KernelContext& ctx, void* op_data) {
   if (!tensors.ok()) return Status::kError;
   if (label[0] < 0) return Status::kOk;
   for (int o = 0; o < data.spec.out_channels; ++o) {
-    core::ForEachWeightGrad(data.spec, mask, dy, x, o,
+    const core::ChannelGradient md{dy, mask, data.spec.out_channels, o};
+    core::ForEachWeightGrad(data.spec, md, x, o,
                             [dw](int element, float g) { dw[element] = g; });
   }
   return Status::kOk;

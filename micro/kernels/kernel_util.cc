@@ -194,22 +194,35 @@ bool Checker::ActivationRange(int32_t act_min, int32_t act_max) {
 
 bool Checker::Gradient(int dy_index, int y_index, int32_t act_min,
                        int32_t act_max, Image* dy_image, bool* has_y) {
-  TensorView dy, y;
-  if (!Required(dy_index, "dy", &dy) ||
-      !AsImage(dy, "dy", DType::kFloat32, false, dy_image) ||
-      !ActivationRange(act_min, act_max)) {
-    return false;
-  }
+  TensorView dy;
+  return Required(dy_index, "dy", &dy) &&
+         AsImage(dy, "dy", DType::kFloat32, false, dy_image) &&
+         Mask(y_index, act_min, act_max, *dy_image, has_y);
+}
+
+bool Checker::Mask(int y_index, int32_t act_min, int32_t act_max,
+                   const Image& image, bool* has_y) {
+  TensorView y;
+  if (!ActivationRange(act_min, act_max)) return false;
   *has_y = Optional(y_index, &y);
   if (!*has_y) return true;
   if (y.type == DType::kUInt8) {
     return Vector(y, "y (a packed mask)", DType::kUInt8,
-                  core::ActivationMask::PackedBytes(
-                      static_cast<int>(dy.NumElements())));
+                  core::ActivationMask::PackedBytes(image.h * image.w * image.c));
   }
   Image y_image;
   return AsImage(y, "y", DType::kInt8, false, &y_image) &&
-         ImageIs(y_image, "y", *dy_image);
+         ImageIs(y_image, "y", image);
+}
+
+bool Checker::TrainablePair(int var_index, int qas_index, const char* qas_name,
+                            int channels, TensorView* var, bool* present) {
+  TensorView qas;
+  *present = Optional(var_index, var);
+  if (Optional(qas_index, &qas) != *present) {
+    return Fail("a trainable variable and its qas go together");
+  }
+  return !*present || Vector(qas, qas_name, DType::kFloat32, channels);
 }
 
 bool Checker::Geometry(const core::ConvGeometry& geometry) {

@@ -151,10 +151,18 @@ class Checker {
   bool Int8Range(int32_t value, const char* name);
   bool ActivationRange(int32_t act_min, int32_t act_max);
   // An incoming gradient dy (float32 image) and its optional activation
-  // mask y: the forward output (int8, the same image) or that output's
-  // TFLT_ACTIVATION_MASK (uint8 [ceil(elements of dy / 8)]).
+  // mask y (see Mask).
   bool Gradient(int dy_index, int y_index, int32_t act_min, int32_t act_max,
                 Image* dy_image, bool* has_y);
+  // The optional activation mask y of a gradient shaped `image`: the forward
+  // output (int8, that image) or its TFLT_ACTIVATION_MASK (uint8
+  // [ceil(elements / 8)]); act_min/act_max must be a valid range either way.
+  bool Mask(int y_index, int32_t act_min, int32_t act_max, const Image& image,
+            bool* has_y);
+  // A trainable's optional (variable, qas) pair: both or neither; qas is
+  // float32 [channels].
+  bool TrainablePair(int var_index, int qas_index, const char* qas_name,
+                     int channels, TensorView* var, bool* present);
   bool Geometry(const core::ConvGeometry& geometry);
   // The standard label / lr / state inputs.
   bool Label(int index, TensorView* t);

@@ -46,5 +46,34 @@ bool ValidateWeightGrad(Checker& check,
   return check.Geometry(spec->geometry);
 }
 
+bool ValidateUpdate(Checker& check, const schema::ConvUpdateOptions& options,
+                    const UpdateInputs& inputs, const Image& dy_image,
+                    core::WeightGradSpec* spec, bool* has_weight,
+                    int* bias_channels) {
+  TensorView x, w_train, b_train;
+  bool has_bias;
+  if (!check.TrainablePair(inputs.w_train, inputs.w_qas, "w_qas", dy_image.c,
+                           &w_train, has_weight) ||
+      (*has_weight && (!check.Required(inputs.x, "x", &x) ||
+                       !check.Type(x, "x", DType::kInt8))) ||
+      !check.TrainablePair(inputs.b_train, inputs.b_qas, "b_qas", dy_image.c,
+                           &b_train, &has_bias)) {
+    return false;
+  }
+  *spec = BiasOnlySpec(options, dy_image);
+  if (*has_weight && !ValidateWeightGrad(check, options, w_train, "w_train",
+                                         DType::kInt8, dy_image, x, spec)) {
+    return false;
+  }
+  *bias_channels = 0;
+  if (!has_bias) return true;
+  if (!check.Type(b_train, "b_train", DType::kInt32)) return false;
+  if (b_train.rank != 1 || b_train.dims[0] < 1 || b_train.dims[0] > dy_image.c) {
+    return check.Fail("b_train must be [Ob] with 1 <= Ob <= dy's channels");
+  }
+  *bias_channels = b_train.dims[0];
+  return true;
+}
+
 }  // namespace kernels
 }  // namespace tflm_train

@@ -1,5 +1,6 @@
 // Validation shared by TFLT_CONV_GRAD_UPDATE and TFLT_CONV_WEIGHT_GRAD: the
-// trainable weight's shape (w_train, or dw) against dy, x and the options.
+// trainable weight's shape (w_train, or dw) against dy, x and the options, and
+// a fused update's operands.
 #ifndef TFLM_TRAIN_MICRO_KERNELS_WEIGHT_GRAD_SHAPE_H_
 #define TFLM_TRAIN_MICRO_KERNELS_WEIGHT_GRAD_SHAPE_H_
 
@@ -23,6 +24,21 @@ bool ValidateWeightGrad(Checker& check,
 // as far as they matter without a weight (a bias-only update).
 core::WeightGradSpec BiasOnlySpec(const schema::ConvUpdateOptions& options,
                                   const Image& dy_image);
+
+// Input indices of a fused update's operands.
+struct UpdateInputs {
+  int x, w_train, w_qas, b_train, b_qas;
+};
+
+// A fused update of a layer whose output gradient is `dy_image`: the optional
+// (w_train, w_qas) pair with x (only a weight update reads it) and the
+// optional (b_train, b_qas) pair, b_train int32 [Ob], 1 <= Ob <= O. Fills
+// `spec` (BiasOnlySpec without a weight), *has_weight and *bias_channels
+// (0: no bias update).
+bool ValidateUpdate(Checker& check, const schema::ConvUpdateOptions& options,
+                    const UpdateInputs& inputs, const Image& dy_image,
+                    core::WeightGradSpec* spec, bool* has_weight,
+                    int* bias_channels);
 
 }  // namespace kernels
 }  // namespace tflm_train

@@ -141,9 +141,9 @@ void shim_mean_grad(const float* dy, int height, int width, int channels,
 void shim_bias_grad(int positions, int out_channels, const float* dy,
                     const int8_t* y, int32_t act_min, int32_t act_max,
                     int bias_channels, float* db) {
+  const ActivationMask mask{y, act_min, act_max};
   for (int o = 0; o < bias_channels; ++o) {
-    db[o] = BiasGrad(positions, out_channels, ActivationMask{y, act_min, act_max},
-                     dy, o);
+    db[o] = BiasGrad(positions, ChannelGradient{dy, mask, out_channels, o});
   }
 }
 
@@ -154,7 +154,7 @@ void shim_conv_weight_grad(const int32_t* g, int out_channels,
   const WeightGradSpec spec = Spec(g, out_channels, spec_ints, x_scale);
   const ActivationMask mask{y, act_min, act_max};
   for (int o = 0; o < out_channels; ++o) {
-    ForEachWeightGrad(spec, mask, dy, x, o,
+    ForEachWeightGrad(spec, ChannelGradient{dy, mask, out_channels, o}, x, o,
                       [dw](int element, float grad) { dw[element] = grad; });
   }
 }

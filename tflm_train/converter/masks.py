@@ -35,12 +35,7 @@ def pack_masks(graph: ir.Graph, ops: list) -> list:
     # A mask op costs its node, op data and output tensor for the whole run but saves only where
     # its activation was part of the peak (often the forward's is higher): drop those that do not
     # pay, smallest activation first.
-    chosen, best = candidates, arena(candidates)
-    for key in sorted(candidates, key=lambda k: candidates[k].inputs[0].size):
-        trial = {k: mask for k, mask in chosen.items() if k != key}
-        cost = arena(trial)
-        if cost <= best:
-            chosen, best = trial, cost
+    chosen = memory.drop_unpaid(candidates, arena, sorted(candidates, key=lambda k: candidates[k].inputs[0].size))
     for mask in chosen.values():
         graph.add_tensor(mask.outputs[0])
     return _with_masks(ops, chosen)

@@ -174,14 +174,16 @@ void RunTrainingStep() {
     spec.x_zero_point = fc::kY1ZeroPoint;
     spec.x_scale = fc::kY1Scale;
     for (int o = 0; o < kC1; ++o) {
-      ForEachWeightGrad(spec, relu6, dy2, y1, o,
+      ForEachWeightGrad(spec, ChannelGradient{dy2, relu6, kC1, o}, y1, o,
                         [](int element, float g) { dw2[element] = g; });
     }
   }, [&] { return Same(dw2, fc::expected_dw2); });
 
   Op("TFLT_BIAS_GRAD", [&] {
     const int positions = depthwise.out_h * depthwise.out_w;
-    for (int o = 0; o < kC1; ++o) db2[o] = BiasGrad(positions, kC1, relu6, dy2, o);
+    for (int o = 0; o < kC1; ++o) {
+      db2[o] = BiasGrad(positions, ChannelGradient{dy2, relu6, kC1, o});
+    }
   }, [&] { return Same(db2, fc::expected_db2); });
 
   Op("TFLT_SGD_UPDATE (weight)", [&] {
