@@ -70,7 +70,7 @@ const KernelOps* TrainingOps(int* count);
 
 // How many ops TrainingOps() lists in a firmware build: the resolver slots
 // AddTrainingOps needs on top of the model's builtins. all_ops.cc checks it.
-constexpr int kTrainingOpCount = 13;
+constexpr int kTrainingOpCount = 14;
 
 }  // namespace tflm_train
 

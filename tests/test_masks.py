@@ -137,12 +137,17 @@ def kinds(graph) -> collections.Counter:
     return collections.Counter(op.kind for op in graph.ops)
 
 
+# dw_y and pw_y of TFLT_DEPTHWISE_POINTWISE_GRAD, which replaces masking ops after the pass.
+FUSED_Y_SLOTS = (4, 7)
+
+
 def mask_readers(graph):
     """(op, y) of every y input of a masking op."""
     for op in graph.ops:
-        slot = masks.MASK_SLOTS.get(op.kind)
-        if slot is not None and op.inputs[slot] is not None:
-            yield op, op.inputs[slot]
+        slots = FUSED_Y_SLOTS if op.kind == "TFLT_DEPTHWISE_POINTWISE_GRAD" else (masks.MASK_SLOTS.get(op.kind),)
+        for slot in slots:
+            if slot is not None and slot < len(op.inputs) and op.inputs[slot] is not None:
+                yield op, op.inputs[slot]
 
 
 def assert_masks_well_formed(graph):

@@ -729,6 +729,6 @@ def test_every_contract_op_is_registered(kernels):
     for op in ("TFLT_TRAIN_INIT", "TFLT_SOFTMAX_XENT", "TFLT_CONV_INPUT_GRAD", "TFLT_DEPTHWISE_INPUT_GRAD",
                "TFLT_MEAN_GRAD", "TFLT_CONV_GRAD_UPDATE", "TFLT_CONV_WEIGHT_GRAD", "TFLT_BIAS_GRAD",
                "TFLT_SGD_UPDATE", "TFLT_CONV_2D_SPLIT", "TFLT_DEPTHWISE_CONV_2D", "TFLT_ACTIVATION_MASK",
-               "TFLT_CONV_CHAIN"):
+               "TFLT_CONV_CHAIN", "TFLT_DEPTHWISE_POINTWISE_GRAD"):
         assert Call(op, b"", [], []).run(kernels)[0] != NO_SUCH_OP, op
     assert Call("TFLT_NOT_AN_OP", b"", [], []).run(kernels)[0] == NO_SUCH_OP

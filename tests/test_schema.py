@@ -309,7 +309,8 @@ def test_unknown_enum_value_is_rejected():
 
 def test_writing_rejects_values_outside_the_field_type():
     for value in (ops.ConvGradOptions(stride_h=2**31), ops.SgdUpdateOptions(rounding=5),
-                  ops.TrainingMetadata(op_roles=[256]), ops.TrainingMetadata(trainables=[ops.SgdUpdateOptions()])):
+                  ops.TrainingMetadata(op_roles=[256]), ops.TrainingMetadata(trainables=[ops.SgdUpdateOptions()]),
+                  ops.DepthwisePointwiseGradOptions(depthwise=ops.SgdUpdateOptions())):
         with pytest.raises(ValueError):
             value.to_bytes()
 

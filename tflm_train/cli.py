@@ -1,7 +1,7 @@
 """tflm-train command line (absl, like TFLM's own tools).
 
   tflm-train convert IN.tflite --sparse-scheme S.json -o OUT.tflite [--no-reorder] [--rounding nearest|stochastic]
-             [--no-qas] [--stock-forward] [--no-activation-masks] [--no-recompute]
+             [--no-qas] [--stock-forward] [--no-activation-masks] [--no-fused-gradients] [--no-recompute]
   tflm-train inspect MODEL.tflite [--json] [--measure]
   tflm-train import-mcunet MODEL.pkl -o OUT.tflite [--num-classes N] [--resolution R]
   tflm-train train MODEL_TRAIN.tflite --data D [--epochs E] [--lr LR] [--lr-schedule cosine|constant] [--seed S]
@@ -26,6 +26,8 @@ flags.DEFINE_bool("stock-forward", False, "convert: keep TFLM's builtin forward 
                   "faster on a device, more arena")
 flags.DEFINE_bool("no-activation-masks", False, "convert: the backward reads the saved int8 activations instead of "
                   "their packed TFLT_ACTIVATION_MASK bits (8x more arena for them)")
+flags.DEFINE_bool("no-fused-gradients", False, "convert: materialise each depthwise input gradient instead of "
+                  "streaming it a channel at a time into the conv before it (more arena)")
 flags.DEFINE_bool("no-recompute", False, "convert: keep saved activations from the forward to the backward "
                   "instead of recomputing them where that saves arena (faster, more arena)")
 flags.DEFINE_bool("json", False, "inspect: print one JSON object")
@@ -71,6 +73,7 @@ def cmd_convert(argv: list) -> None:
                                       qas=not FLAGS["no-qas"].value,
                                       lower_forward=not FLAGS["stock-forward"].value,
                                       activation_masks=not FLAGS["no-activation-masks"].value,
+                                      fuse_gradients=not FLAGS["no-fused-gradients"].value,
                                       recompute=not FLAGS["no-recompute"].value)
     pipeline.convert(graph, scheme.load_scheme_file(scheme_path), options)
     ir.save_file(graph, out)

@@ -9,9 +9,12 @@ The model (batch 1, NHWC):
        -> FULLY_CONNECTED -> logits [4] -> softmax cross-entropy
 Its training step is the sequence of training ops the converter emits for it:
 TRAIN_INIT, the split CONV_2D forward, SOFTMAX_XENT, the FC's input gradient
-and fused update, MEAN_GRAD, the depthwise input gradient and its conventional
-(weight grad, bias grad, SGD update) schedule, then the first conv's input
-gradient and fused update. The builtin forward ops (depthwise, mean, FC) run in
+and fused update, MEAN_GRAD, the depthwise input gradient, then (off the model's
+path) TFLT_DEPTHWISE_POINTWISE_GRAD as if layer 1 were a 1x1 stride-2 conv
+(weight w1p, split like w1, output mask y1: an inverted-residual block's
+expansion), the depthwise layer's conventional (weight grad, bias grad, SGD
+update) schedule, then the first conv's input gradient and fused update. The
+builtin forward ops (depthwise, mean, FC) run in
 TFLM, not in the training ops, so their outputs y2, p and logits are inputs of
 the case. The firmware (micro/tests/firmware/main.cc) runs the same ops through
 micro/core and compares every result with the arrays here bit for bit (the
@@ -27,16 +30,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tflm_train.kernels_grad.common import F32, resolve_padding  # noqa: E402
+from tflm_train.kernels_grad.common import F32, resolve_padding, table_fields  # noqa: E402
 from tflm_train.kernels_grad.conv import bias_grad, conv2d_split, conv_grad_update, conv_input_grad, \
     conv_weight_grad  # noqa: E402
 from tflm_train.kernels_grad.depthwise_conv import depthwise_input_grad  # noqa: E402
+from tflm_train.kernels_grad.depthwise_pointwise import depthwise_pointwise_grad  # noqa: E402
 from tflm_train.kernels_grad.mean import mean_grad  # noqa: E402
 from tflm_train.kernels_grad.softmax_xent import softmax_xent  # noqa: E402
 from tflm_train.kernels_grad.train_init import train_init  # noqa: E402
 from tflm_train.kernels_grad.update import sgd_update  # noqa: E402
 from tflm_train.reference.quantization import quantize_multiplier  # noqa: E402
-from tflm_train.schema.training_ops_generated import Rounding  # noqa: E402
+from tflm_train.schema.training_ops_generated import ConvGradOptions, ConvUpdateOptions, Rounding  # noqa: E402
 
 H = W = 8          # input image
 C0, C1, CLASSES = 3, 8, 4
@@ -185,6 +189,26 @@ def build_case(seed: int) -> Header:
     dy1 = depthwise_input_grad(dy2, y2, w2, w2_scale, input_height=out1, input_width=out1, input_channels=C1,
                                **act2, **win2)
     out.array("expected_dy1", dy1)
+
+    act1 = dict(act_min=y1_zp, act_max=127)
+    w1p = _int8(rng, (C1, 1, 1, C0))
+    w1p_train, b1p_train = _int8(rng, (C1, 1, 1, K)), rng.integers(-2000, 2000, size=C1).astype(np.int32)
+    out.array("w1p", w1p)
+    out.array("w1p_train", w1p_train, mutable=True); out.array("b1p_train", b1p_train, mutable=True)
+    out.geometry("kPointwiseGeometry", (H, W), (out1, out1), 1, 2, 0)
+    w1p_before, b1p_before = w1p_train.copy(), b1p_train.copy()
+    dx0p, g = depthwise_pointwise_grad(
+        LR, step, dy2, y2, w2, w2_scale, y1, w1p, w1_scale, x0, w1p_train, w1_qas, b1p_train, b1_qas,
+        depthwise=table_fields(ConvGradOptions(input_height=out1, input_width=out1, input_channels=C1, **act2,
+                                               **win2)),
+        pointwise=table_fields(ConvUpdateOptions(stride_h=2, stride_w=2, x_zero_point=x0_zp, x_scale=x0_scale,
+                                                 rounding=Rounding.STOCHASTIC, weight_param_id=W1_ID,
+                                                 bias_param_id=B1_ID, **act1)),
+        input_shape=(1, H, W, C0))
+    _require_change("w1p_train", w1p_before, w1p_train); _require_change("b1p_train", b1p_before, b1p_train)
+    out.array("expected_dx0p", dx0p); out.array("expected_g", g)
+    out.array("expected_w1p_train", w1p_train); out.array("expected_b1p_train", b1p_train)
+
     dw2 = conv_weight_grad(dy2, y2, y1, weight_shape=w2.shape, x_zero_point=y1_zp, x_scale=y1_scale,
                            depthwise=True, **act2, **win2)
     db2 = bias_grad(dy2, y2, **act2)
@@ -195,7 +219,6 @@ def build_case(seed: int) -> Header:
     _require_change("w2", w2, w2_new); _require_change("b2", b2, b2_new)
     out.array("expected_w2", w2_new); out.array("expected_b2", b2_new)
 
-    act1 = dict(act_min=y1_zp, act_max=127)
     dx0 = conv_input_grad(dy1, y1, w1, w1_train, w1_scale, input_height=H, input_width=W, input_channels=C0,
                           **act1, **win1)
     out.array("expected_dx0", dx0)

@@ -31,6 +31,25 @@ void ConvInputGrad(const ConvGeometry& geometry, const ActivationMask& mask,
   }
 }
 
+void AddPointwiseInputGrad(const ConvGeometry& geometry,
+                           const ChannelGradient& md, const SplitWeight& weight,
+                           float w_scale, int o, float* dx) {
+  const ConvGeometry& g = geometry;
+  for (int oh = 0; oh < g.out_h; ++oh) {
+    const int ih = g.InputRow(oh, 0);
+    if (ih < 0 || ih >= g.in_h) continue;
+    for (int ow = 0; ow < g.out_w; ++ow) {
+      const int iw = g.InputCol(ow, 0);
+      if (iw < 0 || iw >= g.in_w) continue;
+      const float grad = md.At(oh * g.out_w + ow) * w_scale;
+      float* acc = dx + (ih * g.in_w + iw) * weight.in_channels;
+      for (int i = 0; i < weight.in_channels; ++i) {
+        acc[i] = acc[i] + static_cast<float>(weight.At(o, 0, 0, i)) * grad;
+      }
+    }
+  }
+}
+
 float BiasGrad(int positions, const ChannelGradient& md) {
   float acc = 0.0f;
   for (int p = 0; p < positions; ++p) acc = acc + md.At(p);

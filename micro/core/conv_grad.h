@@ -33,6 +33,13 @@ struct ChannelGradient {
   }
 };
 
+// For a 1x1 filter (every dx element has at most one tap), adds output
+// channel o's terms (float)W[o, 0, 0, i] * (md[p] * w_scale) to dx: calling it
+// for o ascending on a zeroed dx sums in ConvInputGrad's order, bit for bit.
+void AddPointwiseInputGrad(const ConvGeometry& geometry,
+                           const ChannelGradient& md, const SplitWeight& weight,
+                           float w_scale, int o, float* dx);
+
 // gb = sum_p md[p], p in row-major (oh, ow) order.
 float BiasGrad(int positions, const ChannelGradient& md);
 

@@ -30,9 +30,9 @@ struct TrainingStep {
   int32_t step = 0;  // state[1]
 };
 
-// One output channel's fused gradient + update at a time, for
-// TFLT_CONV_GRAD_UPDATE (every channel of dy) and for ops that have a
-// channel's gradient before the next one's.
+// One output channel's fused gradient + update at a time: TFLT_CONV_GRAD_UPDATE
+// runs it for every channel of dy, TFLT_DEPTHWISE_POINTWISE_GRAD for each
+// channel as soon as that channel's gradient exists.
 class ChannelUpdate {
  public:
   ChannelUpdate(const WeightGradSpec& spec, const TrainingStep& step,

@@ -155,6 +155,19 @@ inline bool ReadTables(const Table& table, int index, bool (*read)(const Table&,
   return true;
 }
 
+// A table field is a member struct: an absent one keeps its defaults.
+template <typename T>
+inline bool ReadTable(const Table& table, int index, bool (*read)(const Table&, T*), T* out) {
+  const size_t entry = 4 + 2 * static_cast<size_t>(index);
+  if (entry >= table.vtable_size) return true;
+  const size_t offset = Load<uint16_t>(table.vtable + entry);
+  if (offset == 0) return true;
+  if (offset < 4 || offset + 4 > table.table_size) return false;
+  Table field;
+  const size_t at = static_cast<size_t>(table.table - table.buf) + offset;
+  return FindTable(table.buf, table.size, at, &field) && read(field, out);
+}
+
 inline bool ReadField(const Table& table, int index, Rounding* value) {
   int8_t raw = static_cast<int8_t>(*value);
   if (!ReadField(table, index, &raw)) return false;
@@ -506,6 +519,32 @@ inline bool ReadConvChainOptionsStages(const uint8_t* buf, size_t size, uint32_t
   detail::Vector vector;
   return detail::FindRoot(buf, size, &table) && detail::ReadVector(table, 0, &vector) &&
          detail::ReadElement<ConvChainStage>(table, vector, index, detail::ReadFields, out);
+}
+
+// The options of the ops it fuses: the depthwise layer's TFLT_DEPTHWISE_INPUT_GRAD
+// ones, and TFLT_CONV_GRAD_UPDATE's for the conv layer before it (depthwise
+// false), whose window and activation range its TFLT_CONV_INPUT_GRAD uses too.
+// Options of TFLT_DEPTHWISE_POINTWISE_GRAD.
+struct DepthwisePointwiseGradOptions {
+  ConvGradOptions depthwise;
+  ConvUpdateOptions pointwise;
+};
+
+namespace detail {
+inline bool ReadFields(const Table& table, DepthwisePointwiseGradOptions* out) {
+  return ReadTable<ConvGradOptions>(table, 0, ReadFields, &out->depthwise) &&
+         ReadTable<ConvUpdateOptions>(table, 1, ReadFields, &out->pointwise);
+}
+}  // namespace detail
+
+inline bool ReadDepthwisePointwiseGradOptions(const uint8_t* buf, size_t size, DepthwisePointwiseGradOptions* out) {
+  DepthwisePointwiseGradOptions options;
+  detail::Table table;
+  if (size != 0 && !(detail::FindRoot(buf, size, &table) && detail::ReadFields(table, &options))) {
+    return false;
+  }
+  *out = options;
+  return true;
 }
 
 // Options of TFLT_ACTIVATION_MASK.

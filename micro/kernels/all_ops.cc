@@ -25,6 +25,7 @@ const KernelOps* TrainingOps(int* count) {
       DepthwiseConvOp(),
       ActivationMaskOp(),
       ConvChainOp(),
+      DepthwisePointwiseGradOp(),
   };
 #ifdef TFLM_TRAIN_ABI_CANARY
   constexpr int kExtraOps = 1;

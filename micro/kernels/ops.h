@@ -19,6 +19,7 @@ const KernelOps& Conv2DSplitOp();            // TFLT_CONV_2D_SPLIT
 const KernelOps& DepthwiseConvOp();          // TFLT_DEPTHWISE_CONV_2D
 const KernelOps& ActivationMaskOp();         // TFLT_ACTIVATION_MASK
 const KernelOps& ConvChainOp();              // TFLT_CONV_CHAIN
+const KernelOps& DepthwisePointwiseGradOp(); // TFLT_DEPTHWISE_POINTWISE_GRAD
 
 }  // namespace tflm_train
 

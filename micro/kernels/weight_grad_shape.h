@@ -1,6 +1,6 @@
-// Validation shared by TFLT_CONV_GRAD_UPDATE and TFLT_CONV_WEIGHT_GRAD: the
-// trainable weight's shape (w_train, or dw) against dy, x and the options, and
-// a fused update's operands.
+// Validation shared by TFLT_CONV_GRAD_UPDATE, TFLT_CONV_WEIGHT_GRAD and
+// TFLT_DEPTHWISE_POINTWISE_GRAD: the trainable weight's shape (w_train, or dw)
+// against dy, x and the options, and a fused update's operands.
 #ifndef TFLM_TRAIN_MICRO_KERNELS_WEIGHT_GRAD_SHAPE_H_
 #define TFLM_TRAIN_MICRO_KERNELS_WEIGHT_GRAD_SHAPE_H_
 

@@ -10,6 +10,7 @@
 #include "core/conv_update.h"
 #include "core/depthwise_conv.h"
 #include "core/depthwise_grad.h"
+#include "core/depthwise_pointwise_grad.h"
 #include "core/mean_grad.h"
 #include "core/sgd_update.h"
 #include "core/softmax_xent.h"
@@ -92,6 +93,18 @@ Rounding RoundingOf(int rounding) {
   return rounding == 0 ? Rounding::kNearest : Rounding::kStochastic;
 }
 
+// y: the int8 activation or (packed) its TFLT_ACTIVATION_MASK bits.
+ActivationMask MaskOf(const void* y, int packed, int32_t act_min,
+                      int32_t act_max) {
+  ActivationMask mask{nullptr, act_min, act_max};
+  if (packed) {
+    mask.bits = static_cast<const uint8_t*>(y);
+  } else {
+    mask.y = static_cast<const int8_t*>(y);
+  }
+  return mask;
+}
+
 }  // namespace
 
 extern "C" {
@@ -131,6 +144,54 @@ void shim_depthwise_input_grad(const int32_t* g, const float* dy,
                                int depth_multiplier, float* dx) {
   DepthwiseInputGrad(Geometry(g), ActivationMask{y, act_min, act_max}, dy, w,
                      w_scale, in_channels, depth_multiplier, dx);
+}
+
+// dw_ints: geometry[12], channels, depth_multiplier, act_min, act_max, packed.
+// pw_ints: geometry[12], act_min, act_max, packed, in_channels, train_channels,
+// x_zero_point, rounding, step, weight_param_id, bias_param_id, bias_channels.
+// t: dy, dw_y, dw_w, dw_w_scale, pw_y, pw_w, pw_w_scale, x, w_train, w_qas,
+// b_train, b_qas, dx, g (absent ones null; no w_train and no b_train: no
+// update).
+void shim_depthwise_pointwise_grad(const int32_t* dw_ints,
+                                   const int32_t* pw_ints, float x_scale,
+                                   float lr, void* const* t) {
+  DepthwiseBackward depthwise;
+  depthwise.geometry = Geometry(dw_ints);
+  depthwise.channels = dw_ints[12];
+  depthwise.depth_multiplier = dw_ints[13];
+  depthwise.mask = MaskOf(t[1], dw_ints[16], dw_ints[14], dw_ints[15]);
+  depthwise.dy = static_cast<const float*>(t[0]);
+  depthwise.w = static_cast<const int8_t*>(t[2]);
+  depthwise.w_scale = static_cast<const float*>(t[3]);
+  const int channels = depthwise.channels;
+  const int in_channels = pw_ints[15];
+  const int train_channels = pw_ints[16];
+  int8_t* w_train = static_cast<int8_t*>(t[8]);
+  int32_t* b_train = static_cast<int32_t*>(t[10]);
+  PointwiseBackward pointwise;
+  pointwise.mask = MaskOf(t[4], pw_ints[14], pw_ints[12], pw_ints[13]);
+  pointwise.geometry = Geometry(pw_ints);
+  pointwise.weight = SplitWeight{static_cast<const int8_t*>(t[5]), w_train,
+                                 channels, 1, 1, in_channels, train_channels};
+  pointwise.w_scale = static_cast<const float*>(t[6]);
+  pointwise.dx = static_cast<float*>(t[12]);
+  pointwise.x = static_cast<const int8_t*>(t[7]);
+  WeightGradSpec spec;
+  spec.geometry = pointwise.geometry;
+  spec.out_channels = channels;
+  spec.x_channels = in_channels;
+  spec.train_channels = train_channels;
+  spec.x_zero_point = pw_ints[17];
+  spec.x_scale = x_scale;
+  const TrainableParam<int8_t> weight{w_train, static_cast<const float*>(t[9]),
+                                      pw_ints[20], channels};
+  const TrainableParam<int32_t> bias{b_train, static_cast<const float*>(t[11]),
+                                     pw_ints[21], pw_ints[22]};
+  const ChannelUpdate update(
+      spec, TrainingStep{lr, RoundingOf(pw_ints[18]), pw_ints[19]}, weight,
+      bias);
+  if (w_train != nullptr || b_train != nullptr) pointwise.update = &update;
+  DepthwisePointwiseGrad(depthwise, pointwise, static_cast<float*>(t[13]));
 }
 
 void shim_mean_grad(const float* dy, int height, int width, int channels,

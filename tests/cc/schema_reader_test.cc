@@ -8,7 +8,7 @@
 // any read past the end. stdout gets one line per record: "false", or "true"
 // followed by " name=value" per field (floats as their IEEE-754 bits in hex); a
 // vector of tables prints " name=<length>", then its elements' fields as
-// " name[i].field=value".
+// " name[i].field=value", a table field its fields as " name.field=value".
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -133,6 +133,21 @@ void PrintFields(const s::ConvChainStage& options) {
   FIELD(output_channels);
 }
 
+// A table field prints its fields as " name.field=value".
+template <typename Table>
+void PrintTable(const char* name, const Table& table) {
+  char element[32];
+  std::snprintf(element, sizeof(element), "%s.", name);
+  prefix = element;
+  PrintFields(table);
+  prefix = "";
+}
+
+void PrintFields(const s::DepthwisePointwiseGradOptions& options) {
+  PrintTable("depthwise", options.depthwise);
+  PrintTable("pointwise", options.pointwise);
+}
+
 // Tables of scalars print from the struct alone.
 template <typename Options>
 void PrintRecord(const Options& options, const uint8_t*, size_t) {
@@ -191,6 +206,9 @@ int main(int argc, char** argv) {
   if (!std::strcmp(table, "DepthwiseConvOptions")) return ReadAll(s::ReadDepthwiseConvOptions);
   if (!std::strcmp(table, "ActivationMaskOptions")) return ReadAll(s::ReadActivationMaskOptions);
   if (!std::strcmp(table, "ConvChainOptions")) return ReadAll(s::ReadConvChainOptions);
+  if (!std::strcmp(table, "DepthwisePointwiseGradOptions")) {
+    return ReadAll(s::ReadDepthwisePointwiseGradOptions);
+  }
   std::fprintf(stderr, "usage: %s <OptionsTable> < records\n", argv[0]);
   return 2;
 }

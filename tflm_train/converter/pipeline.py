@@ -1,5 +1,5 @@
 """The conversion pipeline: load → trainables → autodiff (pruned) → schedule → rewrite forward → lower →
-pack activation masks → recompute saved activations → emit."""
+pack activation masks → fuse depthwise → pointwise gradients → recompute saved activations → emit."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from tflm_train import ir
-from tflm_train.converter import layers, lowering, masks, metadata, recompute, scheme as schemes
+from tflm_train.converter import fused_grads, layers, lowering, masks, metadata, recompute, scheme as schemes
 from tflm_train.converter.autodiff import GradContext, TrainingIO, differentiate, tensors_needing_grad
 from tflm_train.converter.schedule import schedule
 from tflm_train.converter.trainables import make_params
@@ -26,6 +26,7 @@ class ConvertOptions:
     qas: bool = True
     lower_forward: bool = True     # False: TFLM's builtin forward kernels (e.g. CMSIS-NN), more arena
     activation_masks: bool = True  # False: the backward reads the int8 activations, more arena
+    fuse_gradients: bool = True    # False: depthwise input gradients exist whole (reordered schedule), more arena
     recompute: bool = True         # False: saved activations are kept, never recomputed (faster, more arena)
 
 
@@ -68,6 +69,8 @@ def convert(graph: ir.Graph, scheme_source: dict, options: ConvertOptions = Conv
     graph.ops = lowering.lower_forward(graph, steps) if options.lower_forward else steps
     if options.activation_masks:
         graph.ops = masks.pack_masks(graph, graph.ops)
+    if options.fuse_gradients and options.reorder:
+        graph.ops = fused_grads.fuse_gradients(graph, graph.ops)
     if options.recompute:
         graph.ops = recompute.recompute_saved_activations(graph, graph.ops)
     image_inputs = list(graph.inputs)

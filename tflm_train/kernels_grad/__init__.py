@@ -6,4 +6,4 @@ registers every op's reference-executor kernel."""
 # that import cycle in an order where each module is complete before use.
 import tflm_train.reference  # noqa: F401
 from tflm_train.kernels_grad import (common, update, depthwise_conv, conv, conv_chain, mean, softmax_xent,  # noqa: F401
-                                     train_init, add, reshape, pad, quantize, mask)
+                                     depthwise_pointwise, train_init, add, reshape, pad, quantize, mask)

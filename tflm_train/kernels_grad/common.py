@@ -48,14 +48,20 @@ def activation_mask(dy: np.ndarray, y, act_min: int, act_max: int) -> np.ndarray
     dy = np.asarray(dy, F32)
     if y is None:
         return dy
+    return np.where(gradient_passes(y, dy.shape, act_min, act_max), dy, F32(0.0))
+
+
+def gradient_passes(y, shape: tuple, act_min: int, act_max: int) -> np.ndarray:
+    """bool `shape`: where the mask `y` (int8 output or packed bits, as activation_mask takes it)
+    passes a gradient of that shape."""
     y = np.asarray(y)
+    count = int(np.prod(shape, dtype=np.int64))
     if y.dtype != np.uint8:
-        return np.where(activation_passes(y.reshape(dy.shape), act_min, act_max), dy, F32(0.0))
-    if y.size != packed_mask_bytes(dy.size):
-        raise UserError(f"a packed activation mask of {dy.size} elements has {packed_mask_bytes(dy.size)} bytes, "
+        return activation_passes(y.reshape(shape), act_min, act_max)
+    if y.size != packed_mask_bytes(count):
+        raise UserError(f"a packed activation mask of {count} elements has {packed_mask_bytes(count)} bytes, "
                         f"got {y.size}")
-    passes = np.unpackbits(y.reshape(-1), count=dy.size, bitorder="little").reshape(dy.shape)
-    return np.where(passes != 0, dy, F32(0.0))
+    return np.unpackbits(y.reshape(-1), count=count, bitorder="little").reshape(shape) != 0
 
 
 def exp_ref(x) -> np.ndarray:
@@ -240,7 +246,12 @@ def decode_options(options_class, op) -> dict:
         options = options_class.from_bytes(op.custom_options or b"")
     except ValueError as exc:
         raise UserError(f"{op.kind}: bad custom options: {exc}") from None
-    return {field.name: getattr(options, field.name) for field in options.FIELDS}
+    return table_fields(options)
+
+
+def table_fields(table) -> dict:
+    """A schema table (dataclass) as {field name: value}."""
+    return {field.name: getattr(table, field.name) for field in table.FIELDS}
 
 
 def pick(options: dict, *names) -> dict:

@@ -77,22 +77,26 @@ def _conv_weight_sums(md, x_centered, window: Window, shape: tuple) -> np.ndarra
 def conv_grad_update(lr: float, step: int, dy, y, x, w_train, w_qas, b_train, b_qas, *, stride_h=1, stride_w=1,
                      dilation_h=1, dilation_w=1, pad_top=0, pad_left=0, x_zero_point, x_scale,
                      act_min=-128, act_max=127, depthwise=False, depth_multiplier=1,
-                     rounding=Rounding.NEAREST, weight_param_id=0, bias_param_id=0) -> None:
+                     rounding=Rounding.NEAREST, weight_param_id=0, bias_param_id=0, channel=None) -> None:
     """The fused (reordered) schedule: updates `w_train` / `b_train` (either may be None) in place.
 
     Per element it is exactly TFLT_CONV_WEIGHT_GRAD / TFLT_BIAS_GRAD then TFLT_SGD_UPDATE:
     the gradient sums and the hash inputs are the same; only the C++ memory schedule differs.
+    `channel` (conv/FC): dy holds only that output channel's gradient, and only its parameters
+    are updated, as TFLT_DEPTHWISE_POINTWISE_GRAD streams them.
     """
-    if b_train is not None:
+    if b_train is not None and (channel is None or channel < b_train.size):
         gb = bias_grad(dy, y, act_min=act_min, act_max=act_max)[:b_train.size]
-        sgd_update(gb, b_train, b_qas, lr, step, rounding=rounding, param_id=bias_param_id, channel_axis=0)
+        sgd_update(gb, b_train, b_qas, lr, step, rounding=rounding, param_id=bias_param_id, channel_axis=0,
+                   channel=channel)
     if w_train is not None:
-        gw = conv_weight_grad(dy, y, x, weight_shape=w_train.shape, stride_h=stride_h, stride_w=stride_w,
+        shape = w_train.shape if channel is None else (1,) + w_train.shape[1:]
+        gw = conv_weight_grad(dy, y, x, weight_shape=shape, stride_h=stride_h, stride_w=stride_w,
                               dilation_h=dilation_h, dilation_w=dilation_w, pad_top=pad_top, pad_left=pad_left,
                               x_zero_point=x_zero_point, x_scale=x_scale, act_min=act_min, act_max=act_max,
                               depthwise=depthwise, depth_multiplier=depth_multiplier)
         sgd_update(gw, w_train, w_qas, lr, step, rounding=rounding, param_id=weight_param_id,
-                   channel_axis=weight_channel_axis(w_train.ndim, depthwise))
+                   channel_axis=weight_channel_axis(w_train.ndim, depthwise), channel=channel)
 
 
 def weight_channel_axis(rank: int, depthwise: bool) -> int:

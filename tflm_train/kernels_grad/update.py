@@ -12,21 +12,26 @@ _INT8_STEP_LIMIT = F32(255.0)
 _INT32_STEP_LIMIT = F32(4294967296.0)
 
 
-def sgd_update(grad, param: np.ndarray, qas, lr: float, step: int, *,
-               rounding: int = Rounding.NEAREST, param_id: int = 0, channel_axis: int = 0) -> None:
+def sgd_update(grad, param: np.ndarray, qas, lr: float, step: int, *, rounding: int = Rounding.NEAREST,
+               param_id: int = 0, channel_axis: int = 0, channel=None) -> None:
     """Updates `param` (int8 weight or int32 bias variable) in place.
 
     grad: float32, `param`'s element count; qas: float32 per output channel (at least
     as many as `param` has along `channel_axis`); lr: `lr[0]`; step: `state[1]`.
+    `channel` given: only that output channel's elements are updated and `grad` holds just
+    them (an op streaming output channels; the hash still sees each element's flat index).
     """
     if param.dtype not in (np.int8, np.int32):
         raise ValueError(f"cannot update a {param.dtype} parameter")
-    grad = np.asarray(grad, F32).reshape(param.shape)
     axis = channel_axis % param.ndim
     channels = param.shape[axis]
     qas = np.asarray(qas, F32).reshape(-1)[:channels]
     qas = qas.reshape([channels if d == axis else 1 for d in range(param.ndim)])
     index = np.arange(param.size).reshape(param.shape)
+    if channel is not None:
+        part = (slice(None),) * axis + (slice(channel, channel + 1),)
+        param, qas, index = param[part], qas[part], index[part]  # param[part] is a view: written in place
+    grad = np.asarray(grad, F32).reshape(param.shape)
     r = rounded_step(grad, np.broadcast_to(qas, param.shape), lr,
                      rounding=rounding, param_id=param_id, step=step, index=index)
     unchanged = np.isnan(r)

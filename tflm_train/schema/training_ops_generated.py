@@ -253,6 +253,21 @@ class ConvChainOptions(Table):
     )
 
 
+# The options of the ops it fuses: the depthwise layer's TFLT_DEPTHWISE_INPUT_GRAD
+# ones, and TFLT_CONV_GRAD_UPDATE's for the conv layer before it (depthwise
+# false), whose window and activation range its TFLT_CONV_INPUT_GRAD uses too.
+# Options of TFLT_DEPTHWISE_POINTWISE_GRAD.
+@dataclass
+class DepthwisePointwiseGradOptions(Table):
+    depthwise: ConvGradOptions = field(default_factory=ConvGradOptions)
+    pointwise: ConvUpdateOptions = field(default_factory=ConvUpdateOptions)
+
+    FIELDS = (
+        Field("depthwise", "table", None, ConvGradOptions),
+        Field("pointwise", "table", None, ConvUpdateOptions),
+    )
+
+
 # Options of TFLT_ACTIVATION_MASK.
 @dataclass
 class ActivationMaskOptions(Table):
@@ -339,5 +354,6 @@ OPTIONS_BY_OP = {
     "TFLT_CONV_2D_SPLIT": SplitConvOptions,
     "TFLT_DEPTHWISE_CONV_2D": DepthwiseConvOptions,
     "TFLT_CONV_CHAIN": ConvChainOptions,
+    "TFLT_DEPTHWISE_POINTWISE_GRAD": DepthwisePointwiseGradOptions,
     "TFLT_ACTIVATION_MASK": ActivationMaskOptions,
 }

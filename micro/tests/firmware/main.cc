@@ -11,6 +11,7 @@
 #include "core/conv_grad.h"
 #include "core/conv_update.h"
 #include "core/depthwise_grad.h"
+#include "core/depthwise_pointwise_grad.h"
 #include "core/mean_grad.h"
 #include "core/sgd_update.h"
 #include "core/softmax_xent.h"
@@ -81,6 +82,19 @@ constexpr int kClasses = Count(fc::w3_scale);
 constexpr int kK = fc::kTrainChannels;
 constexpr int kTaps = 3 * 3;
 
+// The weight gradient of layer 1 (x0 -> C1 channels, K trained), with its
+// 3x3 filter or the 1x1 one of TFLT_DEPTHWISE_POINTWISE_GRAD's case.
+WeightGradSpec Layer1Spec(const ConvGeometry& geometry) {
+  WeightGradSpec spec;
+  spec.geometry = geometry;
+  spec.out_channels = kC1;
+  spec.x_channels = kC0;
+  spec.train_channels = kK;
+  spec.x_zero_point = fc::kX0ZeroPoint;
+  spec.x_scale = fc::kX0Scale;
+  return spec;
+}
+
 // Tensors the step writes: the arena of a real deployment.
 int32_t state[2];
 int8_t w1_train[Count(fc::expected_w1_train)];
@@ -94,6 +108,8 @@ float dy1[Count(fc::expected_dy1)];
 float dw2[Count(fc::expected_dw2)];
 float db2[kC1];
 float dx0[Count(fc::expected_dx0)];
+float dx0p[Count(fc::expected_dx0p)];
+float g[Count(fc::expected_g)];
 
 void RunTrainingStep() {
   const ConvGeometry conv1 = Geometry(fc::kConv1Geometry);
@@ -164,6 +180,34 @@ void RunTrainingStep() {
     DepthwiseInputGrad(depthwise, relu6, dy2, fc::w2, fc::w2_scale, kC1, 1, dy1);
   }, [&] { return Same(dy1, fc::expected_dy1); });
 
+  Op("TFLT_DEPTHWISE_POINTWISE_GRAD", [&] {
+    DepthwiseBackward backward;
+    backward.geometry = depthwise;
+    backward.channels = kC1;
+    backward.mask = relu6;
+    backward.dy = dy2;
+    backward.w = fc::w2;
+    backward.w_scale = fc::w2_scale;
+    PointwiseBackward pointwise;
+    pointwise.mask = relu1;
+    pointwise.geometry = Geometry(fc::kPointwiseGeometry);
+    pointwise.weight = SplitWeight{fc::w1p, fc::w1p_train, kC1, 1, 1, kC0, kK};
+    pointwise.w_scale = fc::w1_scale;
+    pointwise.dx = dx0p;
+    pointwise.x = fc::x0;
+    const WeightGradSpec spec = Layer1Spec(pointwise.geometry);
+    const TrainableParam<int8_t> weight{fc::w1p_train, fc::w1_qas, fc::kW1Id, kC1};
+    const TrainableParam<int32_t> bias{fc::b1p_train, fc::b1_qas, fc::kB1Id, kC1};
+    const ChannelUpdate update(
+        spec, TrainingStep{fc::kLr, Rounding::kStochastic, step}, weight, bias);
+    pointwise.update = &update;
+    DepthwisePointwiseGrad(backward, pointwise, g);
+  }, [&] {
+    return Same(dx0p, fc::expected_dx0p) && Same(g, fc::expected_g) &&
+           Same(fc::w1p_train, fc::expected_w1p_train) &&
+           Same(fc::b1p_train, fc::expected_b1p_train);
+  });
+
   Op("TFLT_CONV_WEIGHT_GRAD (depthwise)", [&] {
     WeightGradSpec spec;
     spec.geometry = depthwise;
@@ -202,13 +246,7 @@ void RunTrainingStep() {
   }, [&] { return Same(dx0, fc::expected_dx0); });
 
   Op("TFLT_CONV_GRAD_UPDATE (split conv)", [&] {
-    WeightGradSpec spec;
-    spec.geometry = conv1;
-    spec.out_channels = kC1;
-    spec.x_channels = kC0;
-    spec.train_channels = kK;
-    spec.x_zero_point = fc::kX0ZeroPoint;
-    spec.x_scale = fc::kX0Scale;
+    const WeightGradSpec spec = Layer1Spec(conv1);
     const TrainableParam<int8_t> weight{w1_train, fc::w1_qas, fc::kW1Id, kC1};
     const TrainableParam<int32_t> bias{b1_train, fc::b1_qas, fc::kB1Id, kC1};
     ConvGradUpdate(spec, relu1, dy1, fc::x0,
