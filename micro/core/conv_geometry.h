@@ -41,6 +41,20 @@ struct ConvGeometry {
   bool OutputCol(int iw, int kw, int* ow) const {
     return InverseTap(iw + pad_left - kw * dilation_w, stride_w, out_w, ow);
   }
+  // Calls visit(kh, kw, output position oh*out_w + ow) for every tap whose
+  // window puts it on input (ih, iw), kernel rows then columns: the order the
+  // input-gradient references sum in.
+  template <typename Visit>
+  void ForEachTapOn(int ih, int iw, Visit&& visit) const {
+    for (int kh = 0; kh < kernel_h; ++kh) {
+      int oh;
+      if (!OutputRow(ih, kh, &oh)) continue;
+      for (int kw = 0; kw < kernel_w; ++kw) {
+        int ow;
+        if (OutputCol(iw, kw, &ow)) visit(kh, kw, oh * out_w + ow);
+      }
+    }
+  }
 
  private:
   // Taps k with 0 <= origin + k*dilation < in.

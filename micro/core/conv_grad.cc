@@ -12,19 +12,13 @@ void ConvInputGrad(const ConvGeometry& geometry, const ActivationMask& mask,
     for (int iw = 0; iw < g.in_w; ++iw) {
       for (int i = 0; i < weight.in_channels; ++i) {
         float acc = 0.0f;
-        for (int kh = 0; kh < g.kernel_h; ++kh) {
-          int oh;
-          if (!g.OutputRow(ih, kh, &oh)) continue;
-          for (int kw = 0; kw < g.kernel_w; ++kw) {
-            int ow;
-            if (!g.OutputCol(iw, kw, &ow)) continue;
-            const int base = (oh * g.out_w + ow) * out_channels;
-            for (int o = 0; o < out_channels; ++o) {
-              const float grad = mask.Apply(dy[base + o], base + o) * w_scale[o];
-              acc = acc + static_cast<float>(weight.At(o, kh, kw, i)) * grad;
-            }
+        g.ForEachTapOn(ih, iw, [&](int kh, int kw, int position) {
+          const int base = position * out_channels;
+          for (int o = 0; o < out_channels; ++o) {
+            const float grad = mask.Apply(dy[base + o], base + o) * w_scale[o];
+            acc = acc + static_cast<float>(weight.At(o, kh, kw, i)) * grad;
           }
-        }
+        });
         dx[(ih * g.in_w + iw) * weight.in_channels + i] = acc;
       }
     }

@@ -27,21 +27,15 @@ float DepthwiseInputGradAt(const ConvGeometry& geometry,
   const ConvGeometry& g = geometry;
   const int out_channels = in_channels * depth_multiplier;
   float acc = 0.0f;
-  for (int kh = 0; kh < g.kernel_h; ++kh) {
-    int oh;
-    if (!g.OutputRow(ih, kh, &oh)) continue;
-    for (int kw = 0; kw < g.kernel_w; ++kw) {
-      int ow;
-      if (!g.OutputCol(iw, kw, &ow)) continue;
-      const int base = (oh * g.out_w + ow) * out_channels;
-      const int tap = (kh * g.kernel_w + kw) * out_channels;
-      for (int j = 0; j < depth_multiplier; ++j) {
-        const int o = i * depth_multiplier + j;
-        const float grad = mask.Apply(dy[base + o], base + o) * w_scale[o];
-        acc = acc + static_cast<float>(w[tap + o]) * grad;
-      }
+  g.ForEachTapOn(ih, iw, [&](int kh, int kw, int position) {
+    const int base = position * out_channels;
+    const int tap = (kh * g.kernel_w + kw) * out_channels;
+    for (int j = 0; j < depth_multiplier; ++j) {
+      const int o = i * depth_multiplier + j;
+      const float grad = mask.Apply(dy[base + o], base + o) * w_scale[o];
+      acc = acc + static_cast<float>(w[tap + o]) * grad;
     }
-  }
+  });
   return acc;
 }
 
