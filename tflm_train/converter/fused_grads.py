@@ -15,6 +15,7 @@ import numpy as np
 
 from tflm_train import ir
 from tflm_train.converter import memory
+from tflm_train.converter.schedule import written_variables
 from tflm_train.kernels_grad.common import WINDOW_FIELDS, decode_options
 from tflm_train.schema.training_ops_generated import (ConvGradOptions, ConvUpdateOptions,
                                                       DepthwisePointwiseGradOptions)
@@ -24,8 +25,6 @@ INPUT_GRAD = "TFLT_CONV_INPUT_GRAD"
 UPDATE = "TFLT_CONV_GRAD_UPDATE"
 # The slot of g in each op that may read it.
 G_SLOTS = {INPUT_GRAD: 1, UPDATE: 3}
-# The inputs an update writes in place: its trainable variables (it only reads the training state).
-WRITTEN_SLOTS = {UPDATE: (6, 8), "TFLT_SGD_UPDATE": (4,), "TFLT_DEPTHWISE_POINTWISE_GRAD": (11, 13)}
 
 
 def fuse_gradients(graph: ir.Graph, ops: list) -> list:
@@ -112,16 +111,11 @@ def _movable(ops: list, replaced: list) -> bool:
     reads = {id(t) for op in moved for t in op.inputs if t is not None}
     if any(producers.get(key, -1) >= first for key in reads - {id(ops[first].outputs[0])}):
         return False
-    writes = set().union(*map(_written, moved))
+    writes = set().union(*map(written_variables, moved))
     for j in range(first + 1, replaced[-1]):
-        if j not in replaced and ({id(t) for t in ops[j].inputs if t is not None} & writes or _written(ops[j]) & reads):
+        if j not in replaced and ({id(t) for t in ops[j].inputs if t is not None} & writes or written_variables(ops[j]) & reads):
             return False
     return True
-
-
-def _written(op: ir.Op) -> set:
-    return {id(op.inputs[slot]) for slot in WRITTEN_SLOTS.get(op.kind, ())
-            if slot < len(op.inputs) and op.inputs[slot] is not None}
 
 
 def _with_fused(ops: list, chosen: dict) -> list:

@@ -19,6 +19,7 @@ import dataclasses
 
 from tflm_train import ir
 from tflm_train.converter import memory
+from tflm_train.converter.schedule import written_variables
 
 # Forward ops recomputed for one saved activation at most: an inverted-residual block
 # (pointwise, depthwise, pointwise, residual ADD) back to its input.
@@ -81,7 +82,7 @@ def _rematerialised(ops: list, saved: ir.Tensor, budget: int):
         return None
     at = later[0]
     producer_index = {id(t): i for i, op in enumerate(ops) for t in op.outputs if t is not None}
-    written = {id(t) for op in ops[:at] if op.role == "update" for t in op.inputs if t is not None and t.is_variable}
+    written = {key for op in ops[:at] for key in written_variables(op)}
     copies: dict = {}
     recomputed: list = []
     started = [0]           # ops entered so far (a copy is appended after its inputs' copies)

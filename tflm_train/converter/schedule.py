@@ -16,6 +16,16 @@ from tflm_train.converter import layers
 from tflm_train.converter.autodiff import UpdateRequest
 from tflm_train.schema.training_ops_generated import ConvUpdateOptions, Rounding, SgdUpdateOptions
 
+# The inputs each updating op writes in place: its trainable variables (it only reads the rest,
+# the training state and the weights of an input gradient included).
+WRITTEN_SLOTS = {"TFLT_CONV_GRAD_UPDATE": (6, 8), "TFLT_SGD_UPDATE": (4,), "TFLT_DEPTHWISE_POINTWISE_GRAD": (11, 13)}
+
+
+def written_variables(op: ir.Op) -> set:
+    """ids of the tensors `op` writes in place."""
+    return {id(op.inputs[slot]) for slot in WRITTEN_SLOTS.get(op.kind, ())
+            if slot < len(op.inputs) and op.inputs[slot] is not None}
+
 
 def schedule(emitted: list, ctx, reorder: bool, rounding: int) -> list:
     ops, deferred = [], []
