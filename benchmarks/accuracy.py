@@ -60,12 +60,12 @@ PROBE_IMAGES = 8           # validation images whose logits the int8 and float n
 MIN_PROBE_CORRELATION = 0.95
 
 # Chosen with --sweep (RESULTS.md, "Learning rates"): the best mean validation accuracy over both models.
-LEARNING_RATES = {"fp32": 1e-4, "int8-sgd": 1.0, "qas-full": 3e-4, "sparse": 3e-3, "last-k": 3e-3,
-                  "bias-only": 3e-3, "classifier-only": 3e-3}
+LEARNING_RATES = {"fp32": 1e-4, "int8-sgd": 1.0, "qas-full": 3e-4, "qas-fractional": 3e-4, "sparse": 3e-3,
+                  "last-k": 3e-3, "bias-only": 3e-3, "classifier-only": 3e-3}
 FULL_UPDATE_RATES = (3e-5, 1e-4, 3e-4, 1e-3)
 PARTIAL_UPDATE_RATES = (3e-4, 1e-3, 3e-3, 1e-2)
 SWEEP_GRID = {"fp32": FULL_UPDATE_RATES, "int8-sgd": (1.0, 1e2, 1e4, 1e6), "qas-full": FULL_UPDATE_RATES,
-              "sparse": PARTIAL_UPDATE_RATES, "last-k": PARTIAL_UPDATE_RATES, "bias-only": PARTIAL_UPDATE_RATES,
+              "qas-fractional": FULL_UPDATE_RATES, "sparse": PARTIAL_UPDATE_RATES, "last-k": PARTIAL_UPDATE_RATES, "bias-only": PARTIAL_UPDATE_RATES,
               "classifier-only": (1e-3, 3e-3, 1e-2, 3e-2)}
 
 
@@ -100,6 +100,7 @@ class Run:
     qas: bool = True
     rounding: str = "nearest"
     budget_kb: int | None = None   # a published scheme's memory budget
+    fractional: bool = False       # convert --fractional-weights
 
 
 # ---------------------------------------------------------------- schemes
@@ -148,6 +149,8 @@ def runs_for(model: str) -> list:
         Run("int8-sgd", "int8 SGD full, no QAS", "int8-sgd", full_update, qas=False),
         Run("qas-full", "int8 + QAS full", "qas-full", full_update),
         Run("qas-full-stochastic", "int8 + QAS full, stochastic", "qas-full", full_update, rounding="stochastic"),
+        Run("qas-full-fractional", "int8 + QAS full, fractional weights", "qas-fractional", full_update,
+            rounding="stochastic", fractional=True),
         *[Run(f"sparse-{kb}kb", f"sparse {kb} KB", "sparse", constant(source), budget_kb=kb)
           for kb, source in published],
         Run(f"sparse-{largest_kb}kb-stochastic", f"sparse {largest_kb} KB, stochastic", "sparse",
@@ -163,14 +166,15 @@ def runs_for(model: str) -> list:
     ]
 
 
-def sweep_runs(model: str) -> list:
-    """One representative run per learning-rate family."""
-    representative = {"int8-sgd": "int8-sgd", "qas-full": "qas-full", "last-k": "last-3", "bias-only": "bias-all",
+def sweep_runs(model: str, families=None) -> list:
+    """One representative run per learning-rate family (of `families`; None: every family)."""
+    representative = {"int8-sgd": "int8-sgd", "qas-full": "qas-full", "qas-fractional": "qas-full-fractional",
+                      "last-k": "last-3", "bias-only": "bias-all",
                       "classifier-only": "classifier", "fp32": "fp32"}
     runs = runs_for(model)
     largest_sparse = [r for r in runs if r.family == "sparse" and r.rounding == "nearest"][-1]
     return [largest_sparse if family == "sparse" else next(r for r in runs if r.key == representative[family])
-            for family in SWEEP_GRID]
+            for family in families or SWEEP_GRID]
 
 
 # ---------------------------------------------------------------- data
@@ -248,7 +252,7 @@ def input_spec(model_bytes: bytes) -> data.InputSpec:
 
 def int8_run(subject: Subject, run: Run, config: train.TrainConfig) -> dict:
     """Converts with the run's scheme, trains and tests in TFLM, and measures the training step's arena."""
-    options = pipeline.ConvertOptions(rounding=run.rounding, qas=run.qas)
+    options = pipeline.ConvertOptions(rounding=run.rounding, qas=run.qas, fractional_weights=run.fractional)
     training = convert(subject.model_bytes, run, options)
     datasets = subject.datasets
     with tflm_runner.TflmSession(training, preserve_all_tensors=True) as session:
@@ -329,7 +333,8 @@ def benchmark_model(subject: Subject, plan: list, settings: Settings, seed: int,
         else:
             metrics = int8_run(subject, run, config)
         record = {"key": run.key, "label": run.label, "family": run.family, "qas": run.qas,
-                  "rounding": run.rounding, "budget_kb": run.budget_kb, "lr": lr, **metrics}
+                  "rounding": run.rounding, "fractional": run.fractional, "budget_kb": run.budget_kb, "lr": lr,
+                  **metrics}
         print(accuracy_report.progress_line(subject.name, record), file=sys.stderr, flush=True)
         return record
 
@@ -344,7 +349,7 @@ def benchmark_model(subject: Subject, plan: list, settings: Settings, seed: int,
 def run_plan(model: str, settings: Settings, sweep: bool) -> list:
     """(run, learning rate) pairs: every family representative at every swept rate, or the benchmark's runs."""
     if sweep:
-        return [(run, lr) for run in sweep_runs(model) for lr in SWEEP_GRID[run.family]]
+        return [(run, lr) for run in sweep_runs(model, settings.runs) for lr in SWEEP_GRID[run.family]]
     return [(run, LEARNING_RATES[run.family]) for run in runs_for(model)
             if settings.runs is None or run.key in settings.runs]
 
@@ -355,7 +360,7 @@ def run_benchmark(args, settings: Settings, sweep: bool) -> dict:
     os.makedirs(work, exist_ok=True)
     subsets = fashion_mnist_subsets(args.data, settings, args.seed)
     results = {"settings": settings.to_json(), "seed": args.seed, "sweep": sweep,
-               "learning_rates": SWEEP_GRID if sweep else LEARNING_RATES,
+               "learning_rates": {f: SWEEP_GRID[f] for f in settings.runs or SWEEP_GRID} if sweep else LEARNING_RATES,
                "data": {name: len(labels) for name, (_, labels) in subsets.items()}, "models": {}}
     for model in settings.models:
         subject = prepare(model, args.shared, subsets, settings, args.seed, work)
@@ -385,7 +390,8 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="one model, tiny subsets, three runs (CI)")
     mode.add_argument("--sweep", action="store_true", help="learning-rate sweep on the validation split")
-    parser.add_argument("--only", help="comma-separated run keys (e.g. classifier,sparse-49kb) to run alone")
+    parser.add_argument("--only", help="comma-separated run keys (e.g. classifier,sparse-49kb) to run alone; "
+                                       "with --sweep, families (e.g. qas-full,fp32)")
     parser.add_argument("--seed", type=int, default=0, help="subsets, new head, sample order")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (results do not depend on it)")
     parser.add_argument("--shared", default=os.path.join(os.path.dirname(REPO), "shared"),
@@ -408,9 +414,13 @@ def main() -> None:
     if args.results and not os.path.isfile(args.results):
         parser.error(f"{args.results} not found")
     settings = SWEEP if args.sweep else QUICK if args.quick else FULL
-    if args.only:
-        if args.sweep:
-            parser.error("--only selects benchmark runs; the sweep has its own")
+    if args.only and args.sweep:
+        families = tuple(args.only.split(","))
+        unknown = [f for f in families if f not in SWEEP_GRID]
+        if unknown:
+            parser.error(f"--only with --sweep: unknown family {unknown[0]!r} (families: {', '.join(SWEEP_GRID)})")
+        settings = dataclasses.replace(settings, runs=families)
+    elif args.only:
         settings = only(settings, tuple(args.only.split(",")), parser)
     try:
         if args.results:

@@ -70,7 +70,8 @@ def probe_lines(results: dict) -> list:
 def target_lines(results: dict) -> list:
     """The issue's targets per model, with the numbers, for the runs that were made.
 
-    (c) is int8 + QAS full with nearest rounding (the default), and also with stochastic rounding;
+    (c) is int8 + QAS full with nearest rounding (the default), and also with stochastic rounding and with
+    fractional weights;
     (b), int8 SGD without QAS, is compared with (c) at the same (nearest) rounding.
     """
     lines = []
@@ -79,7 +80,8 @@ def target_lines(results: dict) -> list:
         sparse = [(_points(r["test_accuracy"]), r["label"]) for r in result["runs"]
                   if r["family"] == "sparse" and r["rounding"] == "nearest" and r["budget_kb"] <= SPARSE_BUDGET_KB]
         fp32, no_qas = test.get("fp32"), test.get("int8-sgd")
-        for key, name in (("qas-full", "int8 + QAS full"), ("qas-full-stochastic", "int8 + QAS full, stochastic")):
+        for key, name in (("qas-full", "int8 + QAS full"), ("qas-full-stochastic", "int8 + QAS full, stochastic"),
+                          ("qas-full-fractional", "int8 + QAS full, fractional weights")):
             qas = test.get(key)
             if qas is None:
                 continue
@@ -143,6 +145,7 @@ SERIES = (  # (legend, run filter, marker and line style)
     ("bias-only", lambda r: r["family"] == "bias-only", "^-"),
     ("classifier-only", lambda r: r["family"] == "classifier-only" and r["rounding"] == "nearest", "D"),
     ("int8 + QAS full", lambda r: r["family"] == "qas-full", "*"),
+    ("int8 + QAS full, fractional weights", lambda r: r["family"] == "qas-fractional", "h"),
     ("int8 SGD full, no QAS", lambda r: r["family"] == "int8-sgd", "X"),
     ("stochastic rounding", lambda r: r["rounding"] == "stochastic", "P"),
 )

@@ -62,6 +62,7 @@ def test_quick_benchmark_learns_and_is_deterministic(resources, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--only", "no-such-run"], "unknown run 'no-such-run'"),
+    (["--sweep", "--only", "qas-full,no-such-family"], "unknown family 'no-such-family'"),
     (["--quick", "--sweep"], "not allowed with argument"),
     (["--seed", "-1"], "--seed must be >= 0"),
     (["--jobs", "0"], "--jobs must be >= 1"),

@@ -259,6 +259,25 @@ def test_inspect_json(tmp_path, scheme_file, small_model):
     assert text.returncode == 0 and "estimated arena" in text.stdout
 
 
+def test_fractional_weights_cost_one_byte_per_trainable_weight(tmp_path, scheme_file, small_model):
+    scheme = scheme_file({"bias": "all", "weights": [{"layer": layer_index(small_model, 1), "ratio": 0.5}],
+                          "classifier": True})
+    reports = {}
+    for flags in ((), ("--fractional-weights",)):
+        out = str(tmp_path / f"train{len(flags)}.tflite")
+        assert run_cli("convert", small_model, "--sparse-scheme", scheme, "-o", out, *flags).returncode == 0
+        r = run_cli("inspect", out, "--json")
+        assert r.returncode == 0, r.stderr
+        reports[bool(flags)] = json.loads(r.stdout)
+    plain, fractional = reports[False], reports[True]
+    weights = [t for t in plain["trainable_tensors"] if t["kind"] == "weight"]
+    fractions = [t for t in fractional["trainable_tensors"] if t["kind"] == "fraction"]
+    assert len(weights) == 2 and [t["shape"] for t in fractions] == [t["shape"] for t in weights]
+    extra = sum(t["bytes"] for t in fractions)
+    assert fractional["trainable_bytes"] == plain["trainable_bytes"] + extra
+    assert fractional["estimated_arena_bytes"] >= plain["estimated_arena_bytes"] + extra
+
+
 def test_lower_bound_lies_between_every_ops_operands_and_the_planned_arena(small_model):
     g = convert(small_model, {"bias": "last 4", "classifier": True})
     estimate = memory.estimate(g)

@@ -407,6 +407,46 @@ def test_nearest_update_of_int32_bias_saturates():
     assert param.tolist() == [2 ** 31 - 1, -2 ** 31, 997, 6]
 
 
+def test_fractional_weights_accumulate_steps_below_one_lsb():
+    """A step of 0.3 LSB: nearest rounding alone never moves the weight; with fractional bits
+    ten steps move it by 3 and carry the remaining 0.0117 LSB (3/256) in the fraction."""
+    grad, qas = np.full(4, F32(0.3)), np.ones(4, F32)
+    plain = np.int8([5, -5, 126, -126])
+    weight, fraction = plain.copy(), np.zeros(4, np.int8)
+    for step in range(1, 11):
+        update.sgd_update(grad, plain, qas, F32(1.0), step, rounding=Rounding.NEAREST)
+        update.sgd_update(grad, weight, qas, F32(1.0), step, rounding=Rounding.NEAREST, fraction=fraction)
+    assert plain.tolist() == [5, -5, 126, -126]
+    # 0.3 LSB = 76.8/256 -> 77 per step; -770/256: 3 LSB down, remainder -2 (1/256 LSB); -127 clamps.
+    assert weight.tolist() == [2, -8, 123, -127]
+    assert fraction.tolist() == [-2, -2, -2, 0]
+
+
+def test_fractional_weights_keep_the_master_value_in_range():
+    rng = np.random.default_rng(12)
+    weight = rng.integers(-127, 128, 4096).astype(np.int8)
+    fraction = rng.integers(-128, 128, 4096).astype(np.int8)
+    grad = (rng.standard_normal(4096) * 100).astype(F32)
+    grad[:3] = [np.nan, np.inf, -np.inf]
+    master = weight.astype(np.int64) * 256 + fraction
+    old_weight, old_fraction = weight.copy(), fraction.copy()
+    update.sgd_update(grad, weight, np.ones(4096, F32), F32(1.0), 3, rounding=Rounding.STOCHASTIC, param_id=1,
+                      fraction=fraction)
+    new_master = weight.astype(np.int64) * 256 + fraction
+    assert weight[0] == old_weight[0] and fraction[0] == old_fraction[0]      # NaN: unchanged
+    assert new_master[1] == max(-127 * 256, master[1] - 255 * 256)            # +inf: the largest step
+    assert new_master[2] == min(127 * 256, master[2] + 255 * 256)
+    assert np.abs(new_master).max() <= 127 * 256 and np.abs(weight).max() <= 127
+    # The weight is the master value rounded to nearest, ties up.
+    assert (weight == np.floor((new_master + 128) / 256)).all()
+    assert (np.abs(new_master[3:] - (master[3:] - np.floor(grad[3:].astype(np.float64) * 256))) <= 1).mean() > 0.5
+
+
+def test_fractional_bits_need_an_int8_weight():
+    with pytest.raises(ValueError, match="fractional bits"):
+        update.sgd_update(F32([1.0]), np.int32([0]), F32([1.0]), F32(1.0), 1, fraction=np.int8([0]))
+
+
 def test_stochastic_rounding_is_deterministic_per_param_step_and_index():
     rng = np.random.default_rng(5)
     old = rng.integers(-100, 100, (8, 1, 1, 16)).astype(np.int8)

@@ -336,6 +336,55 @@ def test_conventional_schedule_kernels(kernels):
     np.testing.assert_array_equal(layer.w_train, expected)
 
 
+def random_fraction(shape) -> np.ndarray:
+    return np.random.default_rng(8).integers(-128, 128, size=shape).astype(np.int8)
+
+
+@pytest.mark.parametrize("rounding", [schema.Rounding.NEAREST, schema.Rounding.STOCHASTIC])
+def test_sgd_update_with_fraction_kernel(kernels, rounding):
+    layer = make_layer()
+    call = sgd_update_call(layer)
+    call.options = schema.SgdUpdateOptions(rounding=rounding, param_id=3)
+    call.inputs[1] = np.array([0.001], F32)   # most steps below one LSB: they must accumulate
+    fraction = random_fraction(layer.w_train.shape)
+    call.inputs.append(fraction)
+    w_expected, fraction_expected = layer.w_train.copy(), fraction.copy()
+    run_ok(kernels, call)
+    update.sgd_update(call.inputs[3], w_expected, layer.qas, F32(0.001), 2, rounding=rounding, param_id=3,
+                      fraction=fraction_expected)
+    np.testing.assert_array_equal(layer.w_train, w_expected)
+    np.testing.assert_array_equal(fraction, fraction_expected)
+    assert (fraction != random_fraction(fraction.shape)).mean() > 0.5
+
+
+@pytest.mark.parametrize("kind", ["conv", "fully_connected", "depthwise"])
+def test_conv_grad_update_with_fraction_kernel(kernels, kind):
+    if kind == "depthwise":
+        _, dy, y, w, _ = depthwise_input_grad_call(multiplier=2).inputs
+        x = np.random.default_rng(3).integers(-128, 128, size=(1, H, W, I)).astype(np.int8)
+        w_train, qas, b_train = w.array.copy(), np.full(2 * I, 3.0, F32), None
+        options = update_options(depthwise=True, depth_multiplier=2)
+    else:
+        layer = make_layer(kind == "fully_connected")
+        dy, y, x, w_train, qas, b_train = layer.dy, layer.y, layer.x, layer.w_train, layer.qas, layer.b_train
+        options = conv_grad_update_call(layer, kind == "fully_connected").options
+    fraction = random_fraction(w_train.shape)
+    lr = F32(0.003)
+    call = Call("TFLT_CONV_GRAD_UPDATE", options,
+                [label(0), np.array([lr], F32), np.array([1, 4], np.int32), dy, y, x, w_train, Const(qas),
+                 b_train, None if b_train is None else Const(qas), fraction], [])
+    w_expected, fraction_expected = w_train.copy(), fraction.copy()
+    b_expected = None if b_train is None else b_train.copy()
+    run_ok(kernels, call)
+    conv.conv_grad_update(lr, 4, dy, y, x, w_expected, qas, b_expected, qas, **dataclasses.asdict(options),
+                          w_fraction=fraction_expected)
+    np.testing.assert_array_equal(w_train, w_expected)
+    np.testing.assert_array_equal(fraction, fraction_expected)
+    if b_train is not None:
+        np.testing.assert_array_equal(b_train, b_expected)
+    assert (fraction != random_fraction(fraction.shape)).mean() > 0.3
+
+
 @pytest.mark.parametrize("fully_connected", [False, True])
 def test_split_conv_kernel(kernels, fully_connected):
     layer = make_layer(fully_connected)
@@ -518,10 +567,11 @@ def test_unknown_rounding_mode_fails_init(kernels):
 # ---------------------------------------------------------------- Prepare rejects bad graphs
 
 def _set_input(index, value, *more):
-    """Replaces input `index` (and further index, value pairs)."""
+    """Replaces input `index` (and further index, value pairs); an index past the end appends."""
     def mutate(call):
         changes = (index, value) + more
         for i in range(0, len(changes), 2):
+            call.inputs += [None] * (changes[i] + 1 - len(call.inputs))
             call.inputs[changes[i]] = changes[i + 1]
     return mutate
 
@@ -626,6 +676,18 @@ BAD_GRAPHS = {
     "weight_grad_dw_type": (lambda: conv_weight_grad_call(make_layer()),
                             _set_output(0, np.zeros((O, 3, 3, K), np.int8)), "dw must be float32"),
     "bias_grad_db_size": (lambda: bias_grad_call(make_layer()), _set_output(0, nan_filled(O + 1)), "db must be"),
+    "sgd_fraction_shape": (lambda: sgd_update_call(make_layer()),
+                           _set_input(6, np.zeros((O, 3, 3, K + 1), np.int8)), "the same shape"),
+    "sgd_fraction_type": (lambda: sgd_update_call(make_layer()), _set_input(6, np.zeros((O, 3, 3, K), np.int32)),
+                          "fraction must be int8"),
+    "sgd_fraction_of_a_bias": (lambda: sgd_update_call(make_layer()),
+                               _set_input(3, np.zeros(O, F32), 4, np.zeros(O, np.int32), 6, np.zeros(O, np.int8)),
+                               "int8 weight"),
+    "update_fraction_without_weight": (lambda: conv_grad_update_call(make_layer()),
+                                       _set_input(6, None, 7, None, 10, np.zeros((O, 3, 3, K), np.int8)),
+                                       "int8 weight"),
+    "update_fraction_shape": (lambda: conv_grad_update_call(make_layer()),
+                              _set_input(10, np.zeros((O, 3, 3, K - 1), np.int8)), "the same shape"),
     "sgd_grad_size": (lambda: sgd_update_call(make_layer()), _set_input(3, np.zeros(3, F32)), "as many elements"),
     "sgd_axis": (lambda: sgd_update_call(make_layer()), _set_option(channel_axis=4), "channel_axis"),
     "sgd_qas_short": (lambda: sgd_update_call(make_layer()), _set_input(5, Const(np.ones(O - 1, F32))), "qas must"),

@@ -20,6 +20,7 @@ from tflm_train.converter import lowering, metadata, pipeline
 from tflm_train.converter.scheme import LAYER_KINDS
 from tflm_train.errors import UserError
 from tflm_train.reference import Executor
+from tflm_train.schema.training_ops_generated import ParamKind
 from tflm_train.tflm_runner import TflmSession, run_once
 
 FLOAT_RTOL = 1e-5
@@ -102,12 +103,12 @@ def scheme_for(graph: ir.Graph, kind: str) -> dict:
 
 # ---------------------------------------------------------------- shared helpers
 
-def convert(model: bytes, scheme, reorder=True, rounding="nearest"):
+def convert(model: bytes, scheme, reorder=True, rounding="nearest", **options):
     """(training model bytes, its graph as reloaded from those bytes, training metadata)."""
     graph = ir.load(model)
     if not isinstance(scheme, dict):
         scheme = scheme(graph)
-    pipeline.convert(graph, scheme, pipeline.ConvertOptions(reorder=reorder, rounding=rounding))
+    pipeline.convert(graph, scheme, pipeline.ConvertOptions(reorder=reorder, rounding=rounding, **options))
     data = ir.emit(graph)
     graph = ir.load(data)  # tensor indices of this graph are the interpreter's
     return data, graph, metadata.read(graph)
@@ -195,6 +196,32 @@ def test_small_model_steps_match_reference(case):
             assert_tensors_match(session, executor, graph, gradients=label >= 0)
         assert session.model_bytes() == data
     assert changed_elements(executor, graph, md) > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("reorder,rounding", [(True, "nearest"), (False, "stochastic")])
+def test_fractional_weights_step_like_the_reference(family, reorder, rounding):
+    """With --fractional-weights, small steps (lr 1e-3) move the fractions in TFLM exactly as in
+    the reference; every weight update carries its fraction."""
+    data, graph, md = convert(small_model(family, 0), lambda g: scheme_for(g, "full"), reorder, rounding,
+                              fractional_weights=True)
+    tensors = graph.referenced_tensors()
+    fractions = [tensors[t.fraction] for t in md.trainables if t.fraction >= 0]
+    assert len(fractions) == sum(t.kind == ParamKind.WEIGHT for t in md.trainables) > 0
+    updates = [op for op in graph.ops if op.kind in ("TFLT_CONV_GRAD_UPDATE", "TFLT_SGD_UPDATE")]
+    assert {id(f) for f in fractions} == {id(t) for op in updates for t in op.inputs[6 if reorder else 5:]
+                                          if t is not None and t.name.endswith("/trainable_weight_fraction")}
+    classes = graph.outputs[0].shape[-1]
+    rng = np.random.default_rng(3)
+    executor = Executor(graph)
+    with TflmSession(data, preserve_all_tensors=True) as session:
+        for label in (1 % classes, 2 % classes, -1):
+            inputs = training_inputs(rng.integers(-128, 128, graph.inputs[0].shape, dtype=np.int8), label, 1e-3)
+            expected = executor.invoke(inputs)
+            actual = session.invoke(inputs)
+            np.testing.assert_array_equal(actual[0], expected[0])
+            assert_tensors_match(session, executor, graph, gradients=label >= 0)
+    assert sum(int((executor.value(f) != 0).sum()) for f in fractions) > 0
 
 
 def test_small_models_cover_every_training_op_kind():

@@ -2,6 +2,7 @@
 
   tflm-train convert IN.tflite --sparse-scheme S.json -o OUT.tflite [--no-reorder] [--rounding nearest|stochastic]
              [--no-qas] [--stock-forward] [--no-activation-masks] [--no-fused-gradients] [--no-recompute]
+             [--fractional-weights]
   tflm-train inspect MODEL.tflite [--json] [--measure]
   tflm-train import-mcunet MODEL.pkl -o OUT.tflite [--num-classes N] [--resolution R]
   tflm-train train MODEL_TRAIN.tflite --data D [--epochs E] [--lr LR] [--lr-schedule cosine|constant] [--seed S]
@@ -30,6 +31,8 @@ flags.DEFINE_bool("no-fused-gradients", False, "convert: materialise each depthw
                   "streaming it a channel at a time into the conv before it (more arena)")
 flags.DEFINE_bool("no-recompute", False, "convert: keep saved activations from the forward to the backward "
                   "instead of recomputing them where that saves arena (faster, more arena)")
+flags.DEFINE_bool("fractional-weights", False, "convert: keep 8 fractional bits per trainable weight (one more "
+                  "byte each) so updates below one int8 step accumulate")
 flags.DEFINE_bool("json", False, "inspect: print one JSON object")
 flags.DEFINE_bool("measure", False, "inspect: also measure the arena in the stock TFLM interpreter")
 flags.DEFINE_integer("num-classes", None, "import-mcunet: replace the classifier head")
@@ -74,7 +77,8 @@ def cmd_convert(argv: list) -> None:
                                       lower_forward=not FLAGS["stock-forward"].value,
                                       activation_masks=not FLAGS["no-activation-masks"].value,
                                       fuse_gradients=not FLAGS["no-fused-gradients"].value,
-                                      recompute=not FLAGS["no-recompute"].value)
+                                      recompute=not FLAGS["no-recompute"].value,
+                                      fractional_weights=FLAGS["fractional-weights"].value)
     pipeline.convert(graph, scheme.load_scheme_file(scheme_path), options)
     ir.save_file(graph, out)
     print(f"wrote {out}")

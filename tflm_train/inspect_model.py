@@ -19,6 +19,9 @@ def report(graph: ir.Graph) -> dict:
             var = tensors[t.variable]
             trainables.append({"name": var.name, "layer": t.layer_name, "kind": "bias" if t.kind else "weight",
                                "shape": list(var.shape), "dtype": var.dtype.name, "bytes": var.nbytes})
+            if t.fraction >= 0:
+                trainables.append({"name": tensors[t.fraction].name, "layer": t.layer_name, "kind": "fraction",
+                                   "shape": list(var.shape), "dtype": "int8", "bytes": var.size})
     counts = collections.Counter(op.role for op in graph.ops)
     est = memory.estimate(graph)
     return {

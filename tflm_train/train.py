@@ -135,7 +135,9 @@ def _model_info(model_bytes: bytes, md, variables: list) -> dict:
             "scheme": json.loads(md.scheme_json), "rounding": "stochastic" if md.rounding == Rounding.STOCHASTIC else "nearest",
             "qas": bool(md.qas), "reordered": bool(md.reordered),
             "trainable_tensors": len(variables),
-            "trainable_bytes": sum(var.nbytes for var, _ in variables)}
+            # A weight's fractional bits are one more byte per element.
+            "trainable_bytes": sum(var.nbytes for var, _ in variables)
+            + sum(var.size for (var, _), t in zip(variables, md.trainables) if t.fraction >= 0)}
 
 
 def save_metrics(path: str, metrics: dict) -> None:

@@ -20,6 +20,14 @@ void ChannelUpdate::Apply(const ChannelGradient& md, const int8_t* x,
   }
   if (weight_.data == nullptr) return;
   const float qas = weight_.qas[o];
+  if (weight_.fraction != nullptr) {
+    ForEachWeightGrad(spec_, md, x, o, [&](int element, float g) {
+      ApplyFractionalStep(
+          &weight_.data[element], &weight_.fraction[element],
+          weight_rule_.RoundedStep(g, qas, element, kFractionUnit));
+    });
+    return;
+  }
   ForEachWeightGrad(spec_, md, x, o, [&](int element, float g) {
     weight_.data[element] = ApplyStep(
         weight_.data[element], weight_rule_.RoundedStep(g, qas, element));

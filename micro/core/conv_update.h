@@ -22,6 +22,8 @@ struct TrainableParam {
   // Output channels held (a bias may train only the first ones; a weight
   // always has all O).
   int channels = 0;
+  // A weight's fractional bits (ApplyFractionalStep); null: none.
+  int8_t* fraction = nullptr;
 };
 
 struct TrainingStep {

@@ -45,8 +45,9 @@ UpdateRule::UpdateRule(float lr, Rounding rounding, int32_t param_id,
       seed_(Hash32(Hash32(static_cast<uint32_t>(param_id)) ^
                    static_cast<uint32_t>(step))) {}
 
-float UpdateRule::RoundedStep(float g, float qas, int32_t element) const {
-  const float step = (g * qas) * lr_;
+float UpdateRule::RoundedStep(float g, float qas, int32_t element,
+                              float unit) const {
+  const float step = ((g * qas) * lr_) * unit;
   if (rounding_ == Rounding::kNearest) return floorf(step + 0.5f);
   const uint32_t h = Hash32(seed_ ^ static_cast<uint32_t>(element));
   const float u = static_cast<float>(h >> 8) * kTwoToMinus24;
@@ -71,6 +72,33 @@ int32_t ApplyStep(int32_t old, float r) {
   const int64_t step = static_cast<int64_t>(static_cast<int32_t>(high)) * 65536 +
                        static_cast<int32_t>(low);
   return static_cast<int32_t>(Clamp(static_cast<int64_t>(old) - step, INT32_MIN, INT32_MAX));
+}
+
+void ApplyFractionalStep(int8_t* weight, int8_t* fraction, float r) {
+  if (std::isnan(r)) return;
+  constexpr int32_t kUnit = static_cast<int32_t>(kFractionUnit);
+  constexpr int64_t kMasterLimit = 127 * kUnit;
+  const int32_t step =
+      static_cast<int32_t>(Clamp(r, kMaxInt8Step * kFractionUnit));
+  const int32_t master = static_cast<int32_t>(
+      Clamp(static_cast<int64_t>(*weight) * kUnit + *fraction - step,
+            -kMasterLimit, kMasterLimit));
+  // floor((master + 128) / 256) as a division of a positive number:
+  // 127 * 256 + 256 = 128 * 256 keeps the dividend above zero.
+  const int32_t rounded =
+      (master + kUnit / 2 + kMasterLimit + kUnit) / kUnit - 128;
+  *weight = static_cast<int8_t>(rounded);
+  *fraction = static_cast<int8_t>(master - rounded * kUnit);
+}
+
+void SgdUpdate(const UpdateRule& rule, const ChannelAxis& axis,
+               const float* grad, const float* qas, int elements,
+               int8_t* param, int8_t* fraction) {
+  for (int e = 0; e < elements; ++e) {
+    ApplyFractionalStep(
+        &param[e], &fraction[e],
+        rule.RoundedStep(grad[e], qas[axis.Of(e)], e, kFractionUnit));
+  }
 }
 
 void SgdUpdate(const UpdateRule& rule, const ChannelAxis& axis,

@@ -20,10 +20,12 @@ class UpdateRule {
  public:
   UpdateRule(float lr, Rounding rounding, int32_t param_id, int32_t step);
 
-  // floor((g * qas) * lr + 0.5) or floor(... + u(element)); NaN means
-  // "leave the element unchanged". `element` is the flat index within the
-  // parameter.
-  float RoundedStep(float g, float qas, int32_t element) const;
+  // floor((g * qas) * lr * unit + 0.5) or floor(... + u(element)); NaN
+  // means "leave the element unchanged". `element` is the flat index within
+  // the parameter; `unit` (a power of two, so exact) counts the step in
+  // 1/unit LSB.
+  float RoundedStep(float g, float qas, int32_t element,
+                    float unit = 1.0f) const;
 
  private:
   float lr_;
@@ -35,6 +37,12 @@ class UpdateRule {
 int8_t ApplyStep(int8_t old, float r);
 // new = clamp(old - clamp(r, -2^32, 2^32), INT32_MIN, INT32_MAX); NaN r: old.
 int32_t ApplyStep(int32_t old, float r);
+
+// Fractional weights: the int8 weight is the nearest rounding of a master
+// value 256 * weight + fraction, so steps below one LSB accumulate instead of
+// being rounded away. r counts 1/256 LSB (RoundedStep with kFractionUnit).
+constexpr float kFractionUnit = 256.0f;
+void ApplyFractionalStep(int8_t* weight, int8_t* fraction, float r);
 
 // Which output channel an element of a parameter belongs to: its index
 // along `channel_axis` of the parameter's shape.
@@ -52,6 +60,10 @@ void SgdUpdate(const UpdateRule& rule, const ChannelAxis& axis,
 void SgdUpdate(const UpdateRule& rule, const ChannelAxis& axis,
                const float* grad, const float* qas, int elements,
                int32_t* param);
+// The same for a weight with fractional bits.
+void SgdUpdate(const UpdateRule& rule, const ChannelAxis& axis,
+               const float* grad, const float* qas, int elements,
+               int8_t* param, int8_t* fraction);
 
 }  // namespace core
 }  // namespace tflm_train

@@ -12,14 +12,14 @@ namespace {
 constexpr char kName[] = "TFLT_CONV_GRAD_UPDATE";
 enum Input {
   kLabel, kLr, kState, kDy, kY, kX, kWTrain, kWQas, kBTrain, kBQas,
-  kNumInputs
+  kWFraction, kNumInputs
 };
 
 struct OpData {
   schema::ConvUpdateOptions options;
   core::WeightGradSpec spec;
   int bias_channels;  // 0: no bias update
-  bool has_y, has_weight;
+  bool has_y, has_weight, has_fraction;
 };
 
 void* Init(KernelContext& ctx, const uint8_t* buffer, size_t size) {
@@ -41,6 +41,12 @@ bool Validate(KernelContext& ctx, OpData& data) {
                                &data.bias_channels)) {
     return false;
   }
+  TensorView w_train;
+  check.Optional(kWTrain, &w_train);
+  if (!check.Fraction(kWFraction, w_train, data.has_weight,
+                      &data.has_fraction)) {
+    return false;
+  }
   return data.has_weight || data.bias_channels > 0 ||
          check.Fail("nothing to update");
 }
@@ -58,6 +64,7 @@ Status Eval(KernelContext& ctx, void* op_data) {
   const int8_t* x = tensors.In<const int8_t>(kX, data.has_weight);
   core::TrainableParam<int8_t> weight;
   weight.data = tensors.In<int8_t>(kWTrain, data.has_weight);
+  weight.fraction = tensors.In<int8_t>(kWFraction, data.has_fraction);
   weight.qas = tensors.In<const float>(kWQas, data.has_weight);
   weight.param_id = data.options.weight_param_id;
   weight.channels = data.spec.out_channels;

@@ -225,6 +225,18 @@ bool Checker::TrainablePair(int var_index, int qas_index, const char* qas_name,
   return !*present || Vector(qas, qas_name, DType::kFloat32, channels);
 }
 
+bool Checker::Fraction(int index, const TensorView& weight, bool has_weight,
+                       bool* present) {
+  TensorView fraction;
+  *present = Optional(index, &fraction);
+  if (!*present) return true;
+  if (!has_weight || weight.type != DType::kInt8) {
+    return Fail("fractional bits need an int8 weight to update");
+  }
+  return Type(fraction, "fraction", DType::kInt8) &&
+         SameDims(fraction, "fraction", weight, "the weight");
+}
+
 bool Checker::Geometry(const core::ConvGeometry& geometry) {
   const char* problem = core::CheckConvGeometry(geometry);
   if (problem == nullptr) return true;

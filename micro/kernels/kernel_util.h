@@ -163,6 +163,10 @@ class Checker {
   // float32 [channels].
   bool TrainablePair(int var_index, int qas_index, const char* qas_name,
                      int channels, TensorView* var, bool* present);
+  // A weight's optional fractional bits: int8, the shape of `weight`, which
+  // must be present (has_weight) and int8.
+  bool Fraction(int index, const TensorView& weight, bool has_weight,
+                bool* present);
   bool Geometry(const core::ConvGeometry& geometry);
   // The standard label / lr / state inputs.
   bool Label(int index, TensorView* t);

@@ -9,13 +9,14 @@ namespace tflm_train {
 namespace {
 
 constexpr char kName[] = "TFLT_SGD_UPDATE";
-enum Input { kLabel, kLr, kState, kGrad, kParam, kQas, kNumInputs };
+enum Input { kLabel, kLr, kState, kGrad, kParam, kQas, kFraction, kNumInputs };
 
 struct OpData {
   schema::SgdUpdateOptions options;
   core::ChannelAxis axis;
   int elements;
   bool int8_param;  // else int32
+  bool has_fraction;
 };
 
 void* Init(KernelContext& ctx, const uint8_t* buffer, size_t size) {
@@ -27,7 +28,7 @@ void* Init(KernelContext& ctx, const uint8_t* buffer, size_t size) {
 bool Validate(KernelContext& ctx, OpData& data) {
   kernels::Checker check(ctx, kName);
   TensorView label, grad, param, qas;
-  if (!check.Counts(kNumInputs, kNumInputs, 0) || !check.Label(kLabel, &label) ||
+  if (!check.Counts(kQas + 1, kNumInputs, 0) || !check.Label(kLabel, &label) ||
       !check.TrainingStep(kLr, kState) || !check.Required(kGrad, "grad", &grad) ||
       !check.Type(grad, "grad", DType::kFloat32) ||
       !check.Required(kParam, "param", &param) ||
@@ -54,7 +55,7 @@ bool Validate(KernelContext& ctx, OpData& data) {
   }
   data.elements = static_cast<int>(param.NumElements());
   data.int8_param = param.type == DType::kInt8;
-  return true;
+  return check.Fraction(kFraction, param, true, &data.has_fraction);
 }
 
 Status Eval(KernelContext& ctx, void* op_data) {
@@ -66,11 +67,15 @@ Status Eval(KernelContext& ctx, void* op_data) {
   const float* grad = tensors.In<const float>(kGrad);
   void* param = tensors.In<void>(kParam);
   const float* qas = tensors.In<const float>(kQas);
+  int8_t* fraction = tensors.In<int8_t>(kFraction, data.has_fraction);
   if (!tensors.ok()) return Status::kError;
   if (label[0] < 0) return Status::kOk;
   const core::UpdateRule rule(lr[0], data.options.rounding,
                               data.options.param_id, state[1]);
-  if (data.int8_param) {
+  if (data.has_fraction) {
+    core::SgdUpdate(rule, data.axis, grad, qas, data.elements,
+                    static_cast<int8_t*>(param), fraction);
+  } else if (data.int8_param) {
     core::SgdUpdate(rule, data.axis, grad, qas, data.elements,
                     static_cast<int8_t*>(param));
   } else {

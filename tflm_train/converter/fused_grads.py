@@ -77,6 +77,8 @@ def _fused_op(depthwise: ir.Op, input_grad, update):
             return None  # a k×k input gradient sums taps before channels: no channel streaming
         pointwise = ConvUpdateOptions(**{k: options[k] for k in WINDOW_FIELDS + ("act_min", "act_max")})
     if update is not None:
+        if len(update.inputs) > 10:
+            return None  # a weight with fractional bits: the fused op takes none
         _, lr, state, _, update_y, x, w_train, w_qas, b_train, b_qas = update.inputs
         options = ConvUpdateOptions.from_bytes(update.custom_options)
         if options.depthwise or (w_train is not None and len(w_train.shape) != 4):

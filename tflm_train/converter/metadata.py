@@ -25,7 +25,8 @@ def attach(graph: ir.Graph, io, image_inputs: list, logits: ir.Tensor, params: d
                                         qas_scale=index[id(p.qas_scale)], kind=p.kind,
                                         layer_op=layer_op[id(lp.layer.outputs[0])],
                                         layer_name=lp.layer.outputs[0].name,
-                                        channels=p.variable.shape[-1], param_id=p.param_id))
+                                        channels=p.variable.shape[-1], param_id=p.param_id,
+                                        fraction=-1 if p.fraction is None else index[id(p.fraction)]))
     md = TrainingMetadata(format_version=FORMAT_VERSION, image_input=index[id(image_inputs[0])],
                           label_input=index[id(io.label)], lr_input=index[id(io.learning_rate)],
                           loss_output=index[id(io.loss)], logits=index[id(logits)], state=index[id(io.state)],

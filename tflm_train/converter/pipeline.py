@@ -28,6 +28,7 @@ class ConvertOptions:
     activation_masks: bool = True  # False: the backward reads the int8 activations, more arena
     fuse_gradients: bool = True    # False: depthwise input gradients exist whole (reordered schedule), more arena
     recompute: bool = True         # False: saved activations are kept, never recomputed (faster, more arena)
+    fractional_weights: bool = False  # True: 8 fractional bits per trainable weight (one more byte each)
 
 
 def convert(graph: ir.Graph, scheme_source: dict, options: ConvertOptions = ConvertOptions()) -> ir.Graph:
@@ -44,7 +45,7 @@ def convert(graph: ir.Graph, scheme_source: dict, options: ConvertOptions = Conv
                     learning_rate=graph.add_tensor(ir.Tensor("tflm_train/learning_rate", (1,), np.float32)),
                     state=graph.add_tensor(ir.Tensor("tflm_train/state", (2,), np.int32, is_variable=True)),
                     loss=graph.add_tensor(ir.Tensor("tflm_train/loss", (1,), np.float32)))
-    params = make_params(graph, scheme, options.qas)
+    params = make_params(graph, scheme, options.qas, options.fractional_weights)
     trainable_layers = [lp.layer for lp in params.values()]
     needed = tensors_needing_grad(graph, trainable_layers, logits)
 

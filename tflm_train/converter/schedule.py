@@ -18,7 +18,8 @@ from tflm_train.schema.training_ops_generated import ConvUpdateOptions, Rounding
 
 # The inputs each updating op writes in place: its trainable variables (it only reads the rest,
 # the training state and the weights of an input gradient included).
-WRITTEN_SLOTS = {"TFLT_CONV_GRAD_UPDATE": (6, 8), "TFLT_SGD_UPDATE": (4,), "TFLT_DEPTHWISE_POINTWISE_GRAD": (11, 13)}
+WRITTEN_SLOTS = {"TFLT_CONV_GRAD_UPDATE": (6, 8, 10), "TFLT_SGD_UPDATE": (4, 6),
+                 "TFLT_DEPTHWISE_POINTWISE_GRAD": (11, 13)}
 
 
 def written_variables(op: ir.Op) -> set:
@@ -62,6 +63,8 @@ def _fused_update(ctx, request: UpdateRequest, rounding: int) -> ir.Op:
     x = request.layer.inputs[0] if w else None
     inputs = [ctx.io.label, ctx.io.learning_rate, ctx.io.state, request.dy, y, x,
               w and w.variable, w and w.qas_scale, b and b.variable, b and b.qas_scale]
+    if w and w.fraction is not None:
+        inputs.append(w.fraction)
     return ir.Op("TFLT_CONV_GRAD_UPDATE", inputs, [], custom=True, role="update",
                  custom_options=_update_options(request, lp, rounding).to_bytes())
 
@@ -79,7 +82,8 @@ def _materialised_update(ctx, request: UpdateRequest, rounding: int) -> tuple:
         grads.append(ir.Op(kind, [ctx.io.label, request.dy, y] + inputs, [grad], custom=True, role="backward",
                            custom_options=options))
         sgd = SgdUpdateOptions(rounding=Rounding(rounding), param_id=param.param_id, channel_axis=param.channel_axis)
+        fraction = [param.fraction] if param.fraction is not None else []
         updates.append(ir.Op("TFLT_SGD_UPDATE", [ctx.io.label, ctx.io.learning_rate, ctx.io.state, grad,
-                                                 param.variable, param.qas_scale], [], custom=True, role="update",
-                             custom_options=sgd.to_bytes()))
+                                                 param.variable, param.qas_scale] + fraction, [], custom=True,
+                             role="update", custom_options=sgd.to_bytes()))
     return grads, updates

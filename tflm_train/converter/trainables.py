@@ -31,6 +31,8 @@ class Param:
     qas_scale: ir.Tensor
     param_id: int
     channel_axis: int          # axis of the output channel within the variable
+    # A weight's fractional bits (int8 variable of its shape; docs/training_ops.md), or None.
+    fraction: ir.Tensor = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -55,8 +57,12 @@ def update_scales(real: np.ndarray, qas: bool) -> np.ndarray:
     return np.where(live, scale, 0.0).astype(np.float32)
 
 
-def make_params(graph: ir.Graph, scheme, qas: bool) -> dict:
-    """Creates the variables for every update in the scheme; keyed by id(layer op)."""
+def make_params(graph: ir.Graph, scheme, qas: bool, fractional_weights: bool = False) -> dict:
+    """Creates the variables for every update in the scheme; keyed by id(layer op).
+
+    `fractional_weights`: each trainable weight also gets 8 fractional bits (one more byte per
+    element), so updates smaller than an LSB accumulate instead of being rounded away.
+    """
     out = {}
     next_id = 0
     for update in scheme.updates:
@@ -78,8 +84,10 @@ def make_params(graph: ir.Graph, scheme, qas: bool) -> dict:
                 shape = w.shape[:-1] + (update.weight_channels,)
             var = graph.add_tensor(ir.Tensor(f"{name}/trainable_weight", shape, np.int8,
                                              quant=_sliced_quant(w.quant), is_variable=True))
+            fraction = graph.add_tensor(ir.Tensor(f"{name}/trainable_weight_fraction", shape, np.int8,
+                                                  is_variable=True)) if fractional_weights else None
             lp.weight = Param(ParamKind.WEIGHT, op, var, w, _const(graph, f"{name}/weight_update_scale", scales),
-                              next_id, 3 if depthwise else 0)
+                              next_id, 3 if depthwise else 0, fraction)
             next_id += 1
         if update.bias:
             initial = _bias_constant(graph, op, s_w * s_x)

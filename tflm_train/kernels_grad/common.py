@@ -105,12 +105,13 @@ def stochastic_u(param_id: int, step: int, index) -> np.ndarray:
     return ((h >> np.uint32(8)).astype(F32) * _TWO_POW_M24).reshape(index.shape)
 
 
-def rounded_step(g, qas, lr, *, rounding: int, param_id: int, step: int, index) -> np.ndarray:
-    """r = round((g * qas) * lr) in float32, before clamping; NaN means "no change".
+def rounded_step(g, qas, lr, *, rounding: int, param_id: int, step: int, index, unit: float = 1.0) -> np.ndarray:
+    """r = round((g * qas) * lr * unit) in float32, before clamping; NaN means "no change".
 
-    `g`, `qas` (per element) and `index` (flat element index in the parameter) share a shape.
+    `g`, `qas` (per element) and `index` (flat element index in the parameter) share a shape;
+    `unit` (a power of two, so the product is exact) counts the step in 1/unit LSB.
     """
-    s = (np.asarray(g, F32) * np.asarray(qas, F32)) * F32(lr)
+    s = ((np.asarray(g, F32) * np.asarray(qas, F32)) * F32(lr)) * F32(unit)
     if rounding == Rounding.NEAREST:
         return np.floor(s + F32(0.5))
     if rounding == Rounding.STOCHASTIC:

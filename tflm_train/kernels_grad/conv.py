@@ -77,8 +77,10 @@ def _conv_weight_sums(md, x_centered, window: Window, shape: tuple) -> np.ndarra
 def conv_grad_update(lr: float, step: int, dy, y, x, w_train, w_qas, b_train, b_qas, *, stride_h=1, stride_w=1,
                      dilation_h=1, dilation_w=1, pad_top=0, pad_left=0, x_zero_point, x_scale,
                      act_min=-128, act_max=127, depthwise=False, depth_multiplier=1,
-                     rounding=Rounding.NEAREST, weight_param_id=0, bias_param_id=0, channel=None) -> None:
-    """The fused (reordered) schedule: updates `w_train` / `b_train` (either may be None) in place.
+                     rounding=Rounding.NEAREST, weight_param_id=0, bias_param_id=0, channel=None,
+                     w_fraction=None) -> None:
+    """The fused (reordered) schedule: updates `w_train` / `b_train` (either may be None) in place,
+    and `w_fraction`, the weight's fractional bits, if given.
 
     Per element it is exactly TFLT_CONV_WEIGHT_GRAD / TFLT_BIAS_GRAD then TFLT_SGD_UPDATE:
     the gradient sums and the hash inputs are the same; only the C++ memory schedule differs.
@@ -96,7 +98,7 @@ def conv_grad_update(lr: float, step: int, dy, y, x, w_train, w_qas, b_train, b_
                               x_zero_point=x_zero_point, x_scale=x_scale, act_min=act_min, act_max=act_max,
                               depthwise=depthwise, depth_multiplier=depth_multiplier)
         sgd_update(gw, w_train, w_qas, lr, step, rounding=rounding, param_id=weight_param_id,
-                   channel_axis=weight_channel_axis(w_train.ndim, depthwise), channel=channel)
+                   channel_axis=weight_channel_axis(w_train.ndim, depthwise), channel=channel, fraction=w_fraction)
 
 
 def weight_channel_axis(rank: int, depthwise: bool) -> int:
@@ -161,12 +163,13 @@ def bias_grad_kernel(op, args):
 
 @kernel("TFLT_CONV_GRAD_UPDATE")
 def conv_grad_update_kernel(op, args):
-    label, lr, state, dy, y, x, w_train, w_qas, b_train, b_qas = op_inputs(op, args, 10)
+    label, lr, state, dy, y, x, w_train, w_qas, b_train, b_qas, w_fraction = op_inputs(op, args, 11)
     if training_label(label) < 0:
         return []
     options = decode_options(ConvUpdateOptions, op)
     conv_grad_update(np.asarray(lr).reshape(-1)[0], int(state[1]), dy, y, x, w_train, w_qas, b_train, b_qas,
-                     **pick(options, *_WEIGHT_GRAD_FIELDS, "rounding", "weight_param_id", "bias_param_id"))
+                     **pick(options, *_WEIGHT_GRAD_FIELDS, "rounding", "weight_param_id", "bias_param_id"),
+                     w_fraction=w_fraction)
     return []
 
 

@@ -291,6 +291,7 @@ class Trainable(Table):
     layer_name: str = ""  # that op's output tensor name
     channels: int = 0  # trainable input channels (weights) or output channels (bias)
     param_id: int = 0
+    fraction: int = -1  # tensor index of the weight's fractional-bits variable; -1: none
 
     FIELDS = (
         Field("variable", "scalar", "i", None, 0),
@@ -301,6 +302,7 @@ class Trainable(Table):
         Field("layer_name", "string"),
         Field("channels", "scalar", "i", None, 0),
         Field("param_id", "scalar", "i", None, 0),
+        Field("fraction", "scalar", "i", None, -1),
     )
 
 
