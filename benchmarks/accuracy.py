@@ -60,7 +60,7 @@ PROBE_IMAGES = 8           # validation images whose logits the int8 and float n
 MIN_PROBE_CORRELATION = 0.95
 
 # Chosen with --sweep (RESULTS.md, "Learning rates"): the best mean validation accuracy over both models.
-LEARNING_RATES = {"fp32": 1e-4, "int8-sgd": 1.0, "qas-full": 3e-4, "qas-fractional": 3e-4, "sparse": 3e-3,
+LEARNING_RATES = {"fp32": 1e-4, "int8-sgd": 1.0, "qas-full": 3e-4, "qas-fractional": 1e-4, "sparse": 3e-3,
                   "last-k": 3e-3, "bias-only": 3e-3, "classifier-only": 3e-3}
 FULL_UPDATE_RATES = (3e-5, 1e-4, 3e-4, 1e-3)
 PARTIAL_UPDATE_RATES = (3e-4, 1e-3, 3e-3, 1e-2)
