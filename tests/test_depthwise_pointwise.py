@@ -1,6 +1,8 @@
 """TFLT_DEPTHWISE_POINTWISE_GRAD: its numpy reference against the composition of the three ops it
-replaces (TFLT_DEPTHWISE_INPUT_GRAD → TFLT_CONV_INPUT_GRAD → TFLT_CONV_GRAD_UPDATE), and
-micro/core's DepthwisePointwiseGrad against that reference, bit for bit.
+replaces (TFLT_DEPTHWISE_INPUT_GRAD → TFLT_CONV_INPUT_GRAD → TFLT_CONV_GRAD_UPDATE), in block mode
+the five (the projection's TFLT_CONV_INPUT_GRAD first, the depthwise TFLT_CONV_GRAD_UPDATE last),
+and micro/core's DepthwisePointwiseGrad, the kernel and the stock TFLM interpreter against that
+reference, bit for bit.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from tflm_train import ir
 from tflm_train.kernels_grad.common import F32, activation_mask, resolve_padding, table_fields
 from tflm_train.kernels_grad.conv import conv_grad_update, conv_input_grad
 from tflm_train.kernels_grad.depthwise_conv import depthwise_input_grad
-from tflm_train.kernels_grad.depthwise_pointwise import depthwise_pointwise_grad
+from tflm_train.kernels_grad.depthwise_pointwise import Block, depthwise_pointwise_grad
 from tflm_train.kernels_grad.mask import pack_activation_mask
 from tflm_train.schema.training_ops_generated import (ActivationMaskOptions, ConvGradOptions, ConvUpdateOptions,
                                                       DepthwisePointwiseGradOptions, Rounding, TrainInitOptions)
@@ -49,6 +51,16 @@ class Case:
     dx: bool                        # the backward continues past the 1×1 layer
     lr: float
     step: int
+    block: Block = None             # block mode: dy is the projection's output gradient
+
+    @property
+    def dw_y_size(self) -> int:
+        """Elements of the depthwise layer's output (its gradient's in block mode too)."""
+        d = self.depthwise
+        if self.block is None:
+            return self.dy.size
+        return self.block.projection["input_height"] * self.block.projection["input_width"] * \
+            d.input_channels * d.depth_multiplier
 
     @property
     def split(self) -> bool:
@@ -58,7 +70,13 @@ class Case:
         w_train = None if self.w_train is None else self.w_train.copy()
         pw_w = w_train if self.w_train is self.pw_w else self.pw_w
         b_train = None if self.b_train is None else self.b_train.copy()
-        return dataclasses.replace(self, w_train=w_train, pw_w=pw_w, b_train=b_train)
+        dw_w, block = self.dw_w, self.block
+        if block is not None:
+            dw_w_train = None if block.dw_w_train is None else block.dw_w_train.copy()
+            dw_w = dw_w_train if block.dw_w_train is self.dw_w else dw_w
+            block = dataclasses.replace(block, dw_w_train=dw_w_train, dw_b_train=None if block.dw_b_train is None
+                                        else block.dw_b_train.copy())
+        return dataclasses.replace(self, w_train=w_train, pw_w=pw_w, b_train=b_train, dw_w=dw_w, block=block)
 
 
 def _mask(rng, kind: str, shape: tuple, act_min: int, act_max: int):
@@ -123,10 +141,64 @@ def random_case(seed: int) -> Case:
         float(F32(10.0 ** rng.uniform(-2, 1))), int(rng.integers(INT32_MIN, INT32_MAX)))
 
 
+def random_block_case(seed: int, base: Case = None, depthwise_update: tuple = None) -> Case:
+    """random_case(seed) (or `base`) in block mode: a projection conv (1×1, or 3×3; strides 1/2;
+    split weights sometimes) after the depthwise layer, the gradient reaching its output, and the
+    depthwise layer's update (`depthwise_update` = (weight, bias), else weight and bias, bias,
+    weight or none, cycling with the seed)."""
+    case = random_case(seed) if base is None else base
+    rng = np.random.default_rng(1000 + seed)
+    _, ho, wo, cm = case.dy.shape
+    kernel, stride = (1, 3)[seed % 3 == 2], 1 + (seed // 3) % 2
+    hp, pad_top = resolve_padding("SAME", ho, kernel, stride, 1)
+    wp, pad_left = resolve_padding("SAME", wo, kernel, stride, 1)
+    o = int(rng.integers(1, 6))
+    act = [int(rng.integers(-128, -40)), int(rng.integers(40, 128))]
+    projection = ConvGradOptions(stride_h=stride, stride_w=stride, pad_top=pad_top, pad_left=pad_left,
+                                 input_height=ho, input_width=wo, input_channels=cm, act_min=act[0], act_max=act[1])
+    dy = (rng.standard_normal((1, hp, wp, o)) * rng.choice([1e-3, 1.0, 30.0])).astype(F32)
+    dy.flat[::7] = 0.0
+    if seed % 5 == 3:
+        dy.flat[int(rng.integers(0, dy.size))] = np.nan
+    proj_w = rng.integers(-127, 128, size=(o, kernel, kernel, cm)).astype(np.int8)
+    proj_w_train = rng.integers(-127, 128, size=proj_w.shape[:3] + (int(rng.integers(1, cm)),)).astype(np.int8) \
+        if cm > 1 and seed % 4 == 1 else None
+    weight, bias = depthwise_update or [(True, True), (False, True), (True, False), (False, False)][(seed // 2) % 4]
+    d = case.depthwise
+    update = ConvUpdateOptions(**{k: getattr(d, k) for k in ("stride_h", "stride_w", "dilation_h", "dilation_w",
+                                                             "pad_top", "pad_left", "act_min", "act_max")},
+                               x_zero_point=int(rng.integers(-128, 128)), x_scale=float(F32(10.0 ** rng.uniform(-3, -1))),
+                               depthwise=True, depth_multiplier=d.depth_multiplier, rounding=Rounding((seed // 2) % 2),
+                               weight_param_id=int(rng.integers(0, 100)), bias_param_id=int(rng.integers(0, 100)))
+    qas = [(10.0 ** rng.uniform(2, 5, size=cm)).astype(F32) for _ in range(2)]
+    for scales in qas:
+        scales[rng.random(cm) < 0.2] = 0.0
+    dw_b_train = rng.integers(-10 ** 6, 10 ** 6, size=int(rng.integers(1, cm + 1))).astype(np.int32) if bias else None
+    block = Block(_mask(rng, ("none", "int8", "packed")[seed % 3], dy.shape, act[0], act[1]), proj_w, proj_w_train,
+                  (10.0 ** rng.uniform(-3, -1, size=o)).astype(F32), table_fields(projection),
+                  rng.integers(-128, 128, size=(1, d.input_height, d.input_width, d.input_channels)).astype(np.int8)
+                  if weight else None, case.dw_w if weight else None, qas[0] if weight else None, dw_b_train,
+                  qas[1] if bias else None, table_fields(update))
+    return dataclasses.replace(case, dy=dy, block=block)
+
+
+def any_case(seed: int) -> Case:
+    """random_case for the first SEEDS, random_block_case after them."""
+    return random_case(seed) if seed < len(SEEDS) else random_block_case(seed - len(SEEDS))
+
+
+ALL_SEEDS = range(2 * len(SEEDS))
+
+
 def unfused(case: Case) -> tuple:
-    """(dx or None, g) by the three ops the fused one replaces; updates case's variables."""
+    """(dx or None, g) by the three (block mode: five) ops the fused one replaces; updates case's
+    variables."""
     depthwise, pointwise = table_fields(case.depthwise), table_fields(case.pointwise)
-    g = depthwise_input_grad(case.dy, case.dw_y, case.dw_w, case.dw_w_scale, **depthwise)
+    dy, block = case.dy, case.block
+    if block is not None:
+        projection = {k: v for k, v in block.projection.items() if k != "depth_multiplier"}
+        dy = conv_input_grad(dy, block.y, block.w, block.w_train, block.w_scale, **projection)
+    g = depthwise_input_grad(dy, case.dw_y, case.dw_w, case.dw_w_scale, **depthwise)
     window = {k: pointwise[k] for k in ("stride_h", "stride_w", "dilation_h", "dilation_w", "pad_top", "pad_left")}
     dx = None
     if case.dx:
@@ -138,7 +210,15 @@ def unfused(case: Case) -> tuple:
         conv_grad_update(case.lr, case.step, g, case.pw_y, case.x, case.w_train, case.w_qas, case.b_train, case.b_qas,
                          **pointwise)
     md = activation_mask(g, case.pw_y, pointwise["act_min"], pointwise["act_max"])
-    return dx, md[..., -1].reshape(-1)
+    scratch = [md[..., -1].reshape(-1)]
+    if block is not None:
+        if block.updates:
+            conv_grad_update(case.lr, case.step, dy, case.dw_y, block.dw_x, block.dw_w_train, block.dw_w_qas,
+                             block.dw_b_train, block.dw_b_qas, **block.depthwise_update)
+        m = depthwise["depth_multiplier"]
+        md_dw = activation_mask(dy, case.dw_y, depthwise["act_min"], depthwise["act_max"])
+        scratch.append(md_dw[..., md_dw.shape[-1] - m:].reshape(-1))
+    return dx, np.concatenate(scratch)
 
 
 def fused(case: Case) -> tuple:
@@ -147,7 +227,7 @@ def fused(case: Case) -> tuple:
         case.pw_w if case.dx else None, case.pw_w_scale if case.dx else None,
         case.x if case.w_train is not None else None, case.w_train, case.w_qas, case.b_train, case.b_qas,
         depthwise=table_fields(case.depthwise), pointwise=table_fields(case.pointwise),
-        input_shape=case.x.shape if case.dx else None)
+        input_shape=case.x.shape if case.dx else None, block=case.block)
 
 
 def assert_same_results(actual: Case, expected: Case, actual_out: tuple, expected_out: tuple) -> None:
@@ -159,26 +239,36 @@ def assert_same_results(actual: Case, expected: Case, actual_out: tuple, expecte
     for name in ("w_train", "b_train"):
         if getattr(expected, name) is not None:
             np.testing.assert_array_equal(getattr(actual, name), getattr(expected, name), err_msg=name)
+    for name in ("dw_w_train", "dw_b_train"):
+        if expected.block is not None and getattr(expected.block, name) is not None:
+            np.testing.assert_array_equal(getattr(actual.block, name), getattr(expected.block, name), err_msg=name)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_reference_is_the_composition_of_the_three_ops(seed):
-    case = random_case(seed)
+@pytest.mark.parametrize("seed", ALL_SEEDS)
+def test_reference_is_the_composition_of_the_ops(seed):
+    case = any_case(seed)
     expected, actual = case.copy(), case.copy()
     assert_same_results(actual, expected, fused(actual), unfused(expected))
+
+
+def _moved(before, after, names) -> bool:
+    return any(getattr(before, n) is not None and (getattr(after, n) != getattr(before, n)).any() for n in names)
 
 
 def test_cases_are_not_vacuous():
     """Guards the comparisons against passing on nothing: most cases move parameters (the others'
     steps round to 0 or hit dead channels) and give a nonzero dx and g."""
     moved = nonzero = updates = dxs = 0
-    for seed in SEEDS:
-        case = random_case(seed)
+    for seed in ALL_SEEDS:
+        case = any_case(seed)
         after = case.copy()
         dx, g = fused(after)
-        updates += case.w_train is not None or case.b_train is not None
-        moved += any(getattr(case, name) is not None and (getattr(after, name) != getattr(case, name)).any()
-                     for name in ("w_train", "b_train"))
+        for kind in ("pointwise", "depthwise"):
+            names = ("w_train", "b_train") if kind == "pointwise" else ("dw_w_train", "dw_b_train")
+            before, now = (case, after) if kind == "pointwise" else (case.block, after.block)
+            if before is not None and any(getattr(before, n) is not None for n in names):
+                updates += 1
+                moved += _moved(before, now, names)
         dxs += case.dx
         nonzero += case.dx and bool(np.any(dx != 0)) and bool(np.any(g != 0))
     assert moved >= 0.6 * updates and nonzero >= 0.7 * dxs
@@ -193,7 +283,7 @@ P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 def core(tmp_path_factory):
     out = tmp_path_factory.mktemp("depthwise_pointwise") / "core_shim.so"
     return build_library([REPO / "tests" / "cc" / "core_shim.cc", *CORE_SOURCES], out,
-                         {"shim_depthwise_pointwise_grad": ([P, P, F, F, P], None)})
+                         {"shim_depthwise_pointwise_grad": ([P, P, P, F, F, F, P], None)})
 
 
 def geometry(in_hw, out_hw, kernel_hw, options) -> list:
@@ -205,7 +295,9 @@ def run_core(core, case: Case) -> tuple:
     d, p = case.depthwise, case.pointwise
     h, w, i = case.x.shape[1:]
     hp, wp, c = d.input_height, d.input_width, d.input_channels
-    dw_ints = geometry((hp, wp), case.dy.shape[1:3], case.dw_w.shape[1:3], d) + [
+    dw_out = case.dy.shape[1:3] if case.block is None else (case.block.projection["input_height"],
+                                                             case.block.projection["input_width"])
+    dw_ints = geometry((hp, wp), dw_out, case.dw_w.shape[1:3], d) + [
         c, d.depth_multiplier, d.act_min, d.act_max, int(getattr(case.dw_y, "dtype", None) == np.uint8)]
     weight = case.w_train
     pw_ints = geometry((h, w), (hp, wp), case.pw_w.shape[1:3], p) + [
@@ -213,21 +305,35 @@ def run_core(core, case: Case) -> tuple:
         i if weight is None else weight.shape[-1], p.x_zero_point, int(p.rounding), case.step, p.weight_param_id,
         p.bias_param_id, 0 if case.b_train is None else case.b_train.size]
     dx = np.full(case.x.shape, np.nan, F32) if case.dx else None
-    g = np.full(hp * wp, np.nan, F32)
+    block = case.block
+    g = np.full(hp * wp + (0 if block is None else case.dw_y_size // c), np.nan, F32)
     tensors = [case.dy, case.dw_y, case.dw_w, case.dw_w_scale, case.pw_y, case.pw_w if case.dx else None,
                case.pw_w_scale if case.dx else None, case.x if weight is not None else None, weight, case.w_qas,
                case.b_train, case.b_qas, dx, g]
+    proj_ints, dw_x_scale = None, 0.0
+    if block is not None:
+        q, u = block.projection, block.depthwise_update
+        proj_ints = np.array(geometry((q["input_height"], q["input_width"]), case.dy.shape[1:3], block.w.shape[1:3],
+                                      ConvGradOptions(**q)) + [
+            q["act_min"], q["act_max"], int(getattr(block.y, "dtype", None) == np.uint8), block.w.shape[0],
+            0 if block.w_train is None else block.w_train.shape[-1], u["x_zero_point"], int(u["rounding"]),
+            u["weight_param_id"], u["bias_param_id"], 0 if block.dw_b_train is None else block.dw_b_train.size],
+            np.int32)
+        dw_x_scale = u["x_scale"]
+        tensors += [block.y, block.w, block.w_train, block.w_scale, block.dw_x, block.dw_w_train, block.dw_w_qas,
+                    block.dw_b_train, block.dw_b_qas]
     pointers = (ctypes.c_void_p * len(tensors))(*map(ptr, tensors))
     core.shim_depthwise_pointwise_grad(ptr(np.array(dw_ints, np.int32)), ptr(np.array(pw_ints, np.int32)),
-                                       p.x_scale, case.lr, pointers)
+                                       ptr(proj_ints), p.x_scale, dw_x_scale, case.lr, pointers)
     return dx, g
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", ALL_SEEDS)
 def test_core_matches_reference(core, seed):
-    case = random_case(seed)
+    case = any_case(seed)
     expected, actual = case.copy(), case.copy()
     assert_same_results(actual, expected, run_core(core, actual), fused(expected))
+
 
 
 # ---------------------------------------------------------------- micro/kernels (fake context)
@@ -236,30 +342,41 @@ from test_micro_kernels import (PREPARE_FAILED, Call, Const, _drop_inputs, _set_
                                 _set_output, kernels, run_ok)  # noqa: F401 (kernels: the fixture)
 
 
+def _const(value):
+    return None if value is None else Const(value)
+
+
 def kernel_call(case: Case, label: int = 1) -> Call:
     """The op on `case`'s tensors: constants where the converter puts flash constants."""
-    weight, bias = case.w_train is not None, case.b_train is not None
-    updates = weight or bias
+    weight, bias, block = case.w_train is not None, case.b_train is not None, case.block
+    updates = weight or bias or (block is not None and block.updates)
     pw_w = None
     if case.dx:
         pw_w = case.pw_w if case.pw_w is case.w_train else Const(case.pw_w)
+    dw_w = case.dw_w if block is not None and block.dw_w_train is case.dw_w else Const(case.dw_w)
     inputs = [np.array([label], np.int32), np.array([case.lr], F32) if updates else None,
-              np.array([1, case.step], np.int32) if updates else None, case.dy, case.dw_y, Const(case.dw_w),
+              np.array([1, case.step], np.int32) if updates else None, case.dy, case.dw_y, dw_w,
               Const(case.dw_w_scale), case.pw_y, pw_w, Const(case.pw_w_scale) if case.dx else None,
               case.x if weight else None, case.w_train, Const(case.w_qas) if weight else None, case.b_train,
               Const(case.b_qas) if bias else None]
+    options = DepthwisePointwiseGradOptions(depthwise=case.depthwise, pointwise=case.pointwise)
+    if block is not None:
+        inputs += [block.y, Const(block.w), block.w_train, Const(block.w_scale), block.dw_x, block.dw_w_train,
+                   _const(block.dw_w_qas), block.dw_b_train, _const(block.dw_b_qas)]
+        options.projection = ConvGradOptions(**block.projection)
+        options.depthwise_update = ConvUpdateOptions(**block.depthwise_update)
     while inputs[-1] is None:
         inputs.pop()
     d = case.depthwise
-    outputs = [np.full(d.input_height * d.input_width, np.nan, F32)]
+    outputs = [np.full(d.input_height * d.input_width + case.dw_y_size // d.input_channels * (block is not None),
+                       np.nan, F32)]
     outputs += [np.full(case.x.shape, np.nan, F32)] if case.dx else []
-    return Call("TFLT_DEPTHWISE_POINTWISE_GRAD",
-                DepthwisePointwiseGradOptions(depthwise=case.depthwise, pointwise=case.pointwise), inputs, outputs)
+    return Call("TFLT_DEPTHWISE_POINTWISE_GRAD", options, inputs, outputs)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", ALL_SEEDS)
 def test_kernel_matches_reference(kernels, seed):
-    case = random_case(seed)
+    case = any_case(seed)
     expected, actual = case.copy(), case.copy()
     call = kernel_call(actual)
     run_ok(kernels, call)
@@ -352,6 +469,66 @@ BAD_GRAPHS = {
 }
 
 
+
+def _block_case_with(seed: int):
+    return lambda: kernel_call(random_block_case(seed))
+
+
+def _set_projection(**changes):
+    def mutate(call):
+        call.options.projection = dataclasses.replace(call.options.projection, **changes)
+    return mutate
+
+
+def _set_depthwise_update(**changes):
+    def mutate(call):
+        call.options.depthwise_update = dataclasses.replace(call.options.depthwise_update, **changes)
+    return mutate
+
+
+def _with_input(index, value):
+    """Pads the inputs with absent ones up to `index` and sets it."""
+    def mutate(call):
+        call.inputs += [None] * (index + 1 - len(call.inputs))
+        call.inputs[index] = value
+    return mutate
+
+
+# random_block_case(0): no mask on the projection, its weight whole, depthwise weight and bias
+# updates; (1): int8 masks, the projection's weight split, depthwise weight and bias updates;
+# (2): a 3×3 projection, packed masks, depthwise bias update only.
+BAD_GRAPHS.update({
+    "proj_w_channels": (_block_case_with(0), _grow(16, const=True), "proj_w must be [O, kh, kw, C*M]"),
+    "proj_dy_channels": (_block_case_with(0), _grow(3), "proj_w must be [O, kh, kw, C*M]"),
+    "proj_w_scale_size": (_block_case_with(0), _grow(18, const=True), "proj_w_scale must have shape"),
+    "proj_w_train_too_wide": (_block_case_with(1), lambda call: call.inputs.__setitem__(
+        17, np.zeros(call.inputs[16].array.shape[:3] + (call.inputs[16].array.shape[3] + 1,), np.int8)),
+                              "proj_w_train must have w's shape"),
+    "proj_y_shape": (_block_case_with(1), _grow(15, dim=1), "y is"),
+    "projection_geometry": (_block_case_with(2), _set_projection(stride_h=0), "strides"),
+    "projection_input_size": (_block_case_with(1), _set_projection(input_height=9), "y is"),
+    "block_g_size": (_block_case_with(0), _grow_output(0), "g must have shape"),
+    "depthwise_update_not_depthwise": (_block_case_with(0), _set_depthwise_update(depthwise=False),
+                                       "must describe the depthwise layer"),
+    "depthwise_update_act_range": (_block_case_with(2), _set_depthwise_update(act_max=1),
+                                   "must describe the depthwise layer"),
+    "dw_x_missing": (_block_case_with(0), _set_input(19, None), "missing input 19 (x)"),
+    "dw_w_qas_missing": (_block_case_with(1), _set_input(21, None), "go together"),
+    "dw_b_train_too_long": (_block_case_with(3), _grow(22), "b_train must be"),
+    "block_input_without_proj_w": (_case_with(0), _with_input(22, np.zeros(1, np.int32)),
+                                   "inputs after b_qas need proj_w"),
+    "projection_options_without_proj_w": (_block_case_with(0), _set_input(16, None), "block mode needs both"),
+    "proj_w_without_projection_options": (_block_case_with(0), _set_projection(input_channels=0),
+                                          "block mode needs both"),
+    "dw_w_train_shape": (_block_case_with(0), lambda call: call.inputs.__setitem__(
+        20, np.zeros(call.inputs[20].shape[:1] + (1, 1) + call.inputs[20].shape[3:], np.int8)),
+                         "dw_w_train and dw_w must have the same shape"),
+    "dw_x_shape": (_block_case_with(0), _grow(19, dim=1), "dw_x is"),
+    "depthwise_update_window": (_block_case_with(0), _set_depthwise_update(pad_top=1),
+                                "must describe the depthwise layer"),
+})
+
+
 @pytest.mark.parametrize("case", sorted(BAD_GRAPHS))
 def test_prepare_rejects_bad_graph(kernels, case):
     build, mutate, fragment = BAD_GRAPHS[case]
@@ -376,71 +553,112 @@ def _custom(kind, inputs, outputs, options) -> ir.Op:
     return ir.Op(kind, inputs, outputs, custom=True, custom_options=options.to_bytes())
 
 
-@pytest.mark.parametrize("split, packed", [(True, True), (False, False)])
-def test_tflm_runs_it_like_the_three_ops_and_the_reference(split, packed):
-    """One graph holds the fused op and the three ops it replaces, each on its own copy of the
-    variables (TFLT_TRAIN_INIT seeds both from the same constants): a training step gives the
-    same dx and variables in both and in numpy; an inference step changes nothing."""
+@pytest.mark.parametrize("split, packed, block", [(True, True, False), (False, False, False),
+                                                  (True, True, True), (False, False, True)])
+def test_tflm_runs_it_like_the_ops_it_fuses_and_the_reference(split, packed, block):
+    """One graph holds the fused op and the three (block mode: five) ops it replaces, each on its
+    own copy of the variables (TFLT_TRAIN_INIT seeds both from the same constants): a training
+    step gives the same dx and variables in both and in numpy; an inference step changes nothing."""
     case = random_case(7)
     assert case.dx and case.w_train is not None and case.b_train is not None
     rng = np.random.default_rng(8)
     c, i = case.pw_w.shape[0], case.pw_w.shape[-1]
     if not split:
         case = dataclasses.replace(case, w_train=case.pw_w)
+    if block:
+        case = random_block_case(7, case, depthwise_update=(True, True))
+    d, b = case.depthwise, case.block
+    cm = d.input_channels * d.depth_multiplier
+    dw_out = case.dy.shape[1:3] if not block else (b.projection["input_height"], b.projection["input_width"])
     label, lr, dy, x = (_tensor("label", shape=(1,), dtype=np.int32), _tensor("lr", shape=(1,), dtype=np.float32),
                         _tensor("dy", shape=case.dy.shape, dtype=np.float32), _tensor("x", shape=case.x.shape,
                                                                                      dtype=np.int8))
-    d = case.depthwise
-    dw_y = _tensor("dw_y", shape=case.dy.shape, dtype=np.int8)
+    dw_y = _tensor("dw_y", shape=(1, *dw_out, cm), dtype=np.int8)
     pw_y = _tensor("pw_y", shape=(1, d.input_height, d.input_width, c), dtype=np.int8)
     state = _tensor("state", shape=(2,), dtype=np.int32, variable=True)
-    consts = {name: _tensor(name, np.asarray(value)) for name, value in (
-        ("dw_w", case.dw_w), ("dw_w_scale", case.dw_w_scale), ("pw_w", case.pw_w), ("pw_w_scale", case.pw_w_scale),
-        ("w_src", case.w_train), ("w_qas", case.w_qas), ("b_src", case.b_train), ("b_qas", case.b_qas))}
-    copies = [(_tensor(f"w_train{k}", shape=case.w_train.shape, dtype=np.int8, variable=True),
-               _tensor(f"b_train{k}", shape=case.b_train.shape, dtype=np.int32, variable=True)) for k in range(2)]
-    init = [label, state] + [t for w, b in copies for t in (consts["w_src"], w, consts["b_src"], b)]
+    values = {"dw_w": case.dw_w, "dw_w_scale": case.dw_w_scale, "pw_w": case.pw_w, "pw_w_scale": case.pw_w_scale,
+              "w_src": case.w_train, "w_qas": case.w_qas, "b_src": case.b_train, "b_qas": case.b_qas}
+    if block:
+        values.update(proj_w=b.w, proj_w_train=b.w_train, proj_w_scale=b.w_scale, dw_w_qas=b.dw_w_qas,
+                      dw_b_src=b.dw_b_train, dw_b_qas=b.dw_b_qas)
+    consts = {name: _tensor(name, np.asarray(value)) for name, value in values.items() if value is not None}
+    trained = [("w_src", "w_train", case.w_train), ("b_src", "b_train", case.b_train)]
+    if block:
+        trained += [("dw_w", "dw_w_train", b.dw_w_train), ("dw_b_src", "dw_b_train", b.dw_b_train)]
+    copies = [{name: _tensor(f"{name}{k}", shape=value.shape, dtype=value.dtype, variable=True)
+               for _, name, value in trained} for k in range(2)]
+    init = [label, state] + [t for k in range(2) for src, name, _ in trained for t in (consts[src], copies[k][name])]
     ops = [_custom("TFLT_TRAIN_INIT", init, [], TrainInitOptions())]
     mask = pw_y
     if packed:
         mask = _tensor("pw_y/mask", shape=((pw_y.size + 7) // 8,), dtype=np.uint8)
         ops.append(_custom("TFLT_ACTIVATION_MASK", [pw_y], [mask],
                            ActivationMaskOptions(act_min=case.pointwise.act_min, act_max=case.pointwise.act_max)))
-    (w_fused, b_fused), (w_unfused, b_unfused) = copies
-    g, g_pw1 = _tensor("g", shape=(d.input_height * d.input_width,), dtype=np.float32), \
-        _tensor("g_pw1", shape=pw_y.shape, dtype=np.float32)
+    fused_vars, unfused_vars = copies
+    scratch = d.input_height * d.input_width + (dw_out[0] * dw_out[1] * d.depth_multiplier if block else 0)
+    g = _tensor("g", shape=(scratch,), dtype=np.float32)
+    g_pw1 = _tensor("g_pw1", shape=pw_y.shape, dtype=np.float32)
     dx = [_tensor(f"dx{k}", shape=case.x.shape, dtype=np.float32) for k in range(2)]
     pw_w = lambda w: consts["pw_w"] if split else w  # noqa: E731 (ratio 1: the variable is the weight)
-    ops.append(_custom("TFLT_DEPTHWISE_POINTWISE_GRAD",
-                       [label, lr, state, dy, dw_y, consts["dw_w"], consts["dw_w_scale"], mask, pw_w(w_fused),
-                        consts["pw_w_scale"], x, w_fused, consts["w_qas"], b_fused, consts["b_qas"]], [g, dx[0]],
-                       DepthwisePointwiseGradOptions(depthwise=d, pointwise=case.pointwise)))
+    dw_w = lambda v: v["dw_w_train"] if block else consts["dw_w"]  # noqa: E731
+    inputs = [label, lr, state, dy, dw_y, dw_w(fused_vars), consts["dw_w_scale"], mask, pw_w(fused_vars["w_train"]),
+              consts["pw_w_scale"], x, fused_vars["w_train"], consts["w_qas"], fused_vars["b_train"], consts["b_qas"]]
+    options = DepthwisePointwiseGradOptions(depthwise=d, pointwise=case.pointwise)
+    graph_inputs = [label, lr, dy, dw_y, pw_y, x]
+    dw_dy = dy
+    if block:
+        proj_y, dw_x = (_tensor("proj_y", shape=case.dy.shape, dtype=np.int8),
+                        _tensor("dw_x", shape=b.dw_x.shape, dtype=np.int8))
+        graph_inputs += [proj_y, dw_x]
+        inputs += [proj_y, consts["proj_w"], consts.get("proj_w_train"), consts["proj_w_scale"], dw_x,
+                   fused_vars["dw_w_train"], consts["dw_w_qas"], fused_vars["dw_b_train"], consts["dw_b_qas"]]
+        options.projection = ConvGradOptions(**b.projection)
+        options.depthwise_update = ConvUpdateOptions(**b.depthwise_update)
+        dw_dy = _tensor("dw_dy", shape=dw_y.shape, dtype=np.float32)
+        ops.append(_custom("TFLT_CONV_INPUT_GRAD", [label, dy, proj_y, consts["proj_w"], consts.get("proj_w_train"),
+                                                    consts["proj_w_scale"]], [dw_dy], options.projection))
+    ops.insert(len(ops) - block, _custom("TFLT_DEPTHWISE_POINTWISE_GRAD", inputs, [g, dx[0]], options))
     window = {k: getattr(case.pointwise, k) for k in ("stride_h", "stride_w", "pad_top", "pad_left")}
-    ops += [_custom("TFLT_DEPTHWISE_INPUT_GRAD", [label, dy, dw_y, consts["dw_w"], consts["dw_w_scale"]], [g_pw1], d),
+    w_unfused = unfused_vars["w_train"]
+    ops += [_custom("TFLT_DEPTHWISE_INPUT_GRAD", [label, dw_dy, dw_y, dw_w(unfused_vars), consts["dw_w_scale"]],
+                    [g_pw1], d),
             _custom("TFLT_CONV_INPUT_GRAD", [label, g_pw1, mask, pw_w(w_unfused), w_unfused if split else None,
                                              consts["pw_w_scale"]], [dx[1]],
                     ConvGradOptions(**window, input_height=case.x.shape[1], input_width=case.x.shape[2],
                                     input_channels=i, act_min=case.pointwise.act_min,
                                     act_max=case.pointwise.act_max)),
-            _custom("TFLT_CONV_GRAD_UPDATE", [label, lr, state, g_pw1, mask, x, w_unfused, consts["w_qas"], b_unfused,
-                                              consts["b_qas"]], [], case.pointwise)]
-    inputs = [label, lr, dy, dw_y, pw_y, x]
+            _custom("TFLT_CONV_GRAD_UPDATE", [label, lr, state, g_pw1, mask, x, w_unfused, consts["w_qas"],
+                                              unfused_vars["b_train"], consts["b_qas"]], [], case.pointwise)]
+    if block:
+        ops.append(_custom("TFLT_CONV_GRAD_UPDATE", [label, lr, state, dw_dy, dw_y, dw_x, unfused_vars["dw_w_train"],
+                                                     consts["dw_w_qas"], unfused_vars["dw_b_train"],
+                                                     consts["dw_b_qas"]], [], options.depthwise_update))
     tensors = {id(t): t for op in ops for t in op.inputs + op.outputs if t is not None}
-    graph = ir.Graph(ops, inputs, dx + [g], list(tensors.values()))
+    graph = ir.Graph(ops, graph_inputs, dx + [g], list(tensors.values()))
     index = {t.name: k for k, t in enumerate(graph.referenced_tensors())}
-    dw_y_value, pw_y_value = (rng.integers(-128, 128, size=t.shape).astype(np.int8) for t in (dw_y, pw_y))
-    expected = dataclasses.replace(case.copy(), dw_y=dw_y_value, pw_y=pw_y_value, step=1)
+    y_values = [rng.integers(-128, 128, size=t.shape).astype(np.int8) for t in graph_inputs[3:5]]
+    expected = dataclasses.replace(case.copy(), dw_y=y_values[0], pw_y=y_values[1], step=1)
+    feed = [np.array([0], np.int32), np.array([case.lr], F32), case.dy, *y_values, case.x]
+    if block:
+        proj_y_value = rng.integers(-128, 128, size=case.dy.shape).astype(np.int8)
+        expected.block = dataclasses.replace(expected.block, y=proj_y_value)
+        feed += [proj_y_value, b.dw_x]
     dx_expected, g_expected = fused(expected)
-    values = [np.array([0], np.int32), np.array([case.lr], F32), case.dy, dw_y_value, pw_y_value, case.x]
+    want = {"w_train": expected.w_train, "b_train": expected.b_train}
+    if block:
+        want.update(dw_w_train=expected.block.dw_w_train, dw_b_train=expected.block.dw_b_train)
     with TflmSession(ir.emit(graph), preserve_all_tensors=True) as session:
-        dx_fused, dx_unfused, g_value = session.invoke(values)
+        dx_fused, dx_unfused, g_value = session.invoke(feed)
         np.testing.assert_array_equal(dx_fused, dx_expected)
         np.testing.assert_array_equal(dx_unfused, dx_expected)
         np.testing.assert_array_equal(g_value, g_expected)
-        for name, want in (("w_train0", expected.w_train), ("w_train1", expected.w_train),
-                           ("b_train0", expected.b_train), ("b_train1", expected.b_train)):
-            np.testing.assert_array_equal(session.tensor(index[name]).reshape(want.shape), want, err_msg=name)
+        for name, value in want.items():
+            for k in range(2):
+                np.testing.assert_array_equal(session.tensor(index[f"{name}{k}"]).reshape(value.shape), value,
+                                              err_msg=f"{name}{k}")
         assert (expected.w_train != case.w_train).any() and (dx_expected != 0).any()
-        session.invoke([np.array([-1], np.int32)] + values[1:])
+        if block:
+            assert (expected.block.dw_w_train != b.dw_w_train).any()
+        session.invoke([np.array([-1], np.int32)] + feed[1:])
         np.testing.assert_array_equal(session.tensor(index["w_train0"]).reshape(case.w_train.shape),
                                       expected.w_train)

@@ -1,7 +1,8 @@
 """Fused depthwise → pointwise gradients (tflm_train/converter/fused_grads.py): where it lowers the
 arena, TFLT_DEPTHWISE_POINTWISE_GRAD replaces a depthwise input gradient and the conv input
-gradient and update reading it, with the same training step bit for bit (numpy reference and the
-stock TFLM interpreter) and an estimate that still equals the measured arena."""
+gradient and update reading it (in block mode also the projection's input gradient before them
+and the depthwise layer's update), with the same training step bit for bit (numpy reference and
+the stock TFLM interpreter) and an estimate that still equals the measured arena."""
 import json
 import os
 
@@ -12,6 +13,7 @@ from conftest import REPO, run_cli, shared_path
 import tf_models
 from tflm_train import ir, measure
 from tflm_train.converter import fused_grads, memory, metadata, pipeline
+from tflm_train.kernels_grad.depthwise_pointwise import BLOCK_INPUT
 from tflm_train.reference import Executor
 from tflm_train.tflm_runner import TflmSession
 
@@ -33,6 +35,22 @@ def inverted_residual_model(seed: int = 0, size: int = 16) -> bytes:
     y = layers.Conv2D(24, 1, activation="relu")(x)
     y = layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2, activation="relu6")(y)
     x = layers.GlobalAveragePooling2D()(layers.Conv2D(12, 1)(y))
+    return tf_models.quantize(tf.keras.Model(inp, layers.Softmax()(layers.Dense(4)(x))), (size, size, 3), seed)
+
+
+def separable_model(seed: int = 0, size: int = 16) -> bytes:
+    """MobileNetV1-like: stem conv(s2) → [dw → 1×1] × 3 → global mean → dense. Without expansion layers
+    a 1×1 layer is the projection of the depthwise layer before it and the pointwise layer of the
+    one after it."""
+    import tensorflow as tf
+    tf.keras.utils.set_random_seed(seed)
+    layers = tf.keras.layers
+    inp = tf.keras.Input((size, size, 3), batch_size=1)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu6")(inp)
+    for channels in (12, 12, 16):
+        x = layers.DepthwiseConv2D(3, padding="same", activation="relu6")(x)
+        x = layers.Conv2D(channels, 1, activation="relu6")(x)
+    x = layers.GlobalAveragePooling2D()(x)
     return tf_models.quantize(tf.keras.Model(inp, layers.Softmax()(layers.Dense(4)(x))), (size, size, 3), seed)
 
 
@@ -96,6 +114,19 @@ def tflm_run(data: bytes, graph: ir.Graph, inputs: list):
     return run
 
 
+def is_block(op: ir.Op) -> bool:
+    return op.kind == FUSED and len(op.inputs) > BLOCK_INPUT + 1 and op.inputs[BLOCK_INPUT + 1] is not None
+
+
+def replaced_kinds(op: ir.Op) -> dict:
+    """{kind: how many ops of that kind the fused op `op` replaces}."""
+    present = lambda slot: slot < len(op.inputs) and op.inputs[slot] is not None  # noqa: E731
+    block = is_block(op)
+    return {"TFLT_DEPTHWISE_INPUT_GRAD": 1,
+            "TFLT_CONV_INPUT_GRAD": (len(op.outputs) == 2) + block,
+            "TFLT_CONV_GRAD_UPDATE": (present(11) or present(13)) + (block and (present(20) or present(22)))}
+
+
 def assert_same(a: list, b: list) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
@@ -107,15 +138,34 @@ def assert_same(a: list, b: list) -> None:
 def test_fused_op_replaces_three_and_trains_identically(small_model, scheme, rounding):
     data, on = convert(small_model, scheme, rounding=rounding)
     _, off = convert(small_model, scheme, rounding=rounding, fuse_gradients=False)
-    fused = kinds(on).count(FUSED)
-    assert fused >= 1 and FUSED not in kinds(off)
-    for kind in ("TFLT_DEPTHWISE_INPUT_GRAD", "TFLT_CONV_GRAD_UPDATE"):
-        assert kinds(on).count(kind) == kinds(off).count(kind) - fused
+    fused = [op for op in on.ops if op.kind == FUSED]
+    assert fused and any(map(is_block, fused)) and FUSED not in kinds(off)
+    for kind in ("TFLT_DEPTHWISE_INPUT_GRAD", "TFLT_CONV_INPUT_GRAD", "TFLT_CONV_GRAD_UPDATE"):
+        assert kinds(on).count(kind) == kinds(off).count(kind) - sum(replaced_kinds(op)[kind] for op in fused)
     assert memory.estimate(on).arena_bytes < memory.estimate(off).arena_bytes
     inputs = steps(on)
     expected = trained_variables(off, reference_run(off, inputs))
     assert_same(trained_variables(on, reference_run(on, inputs)), expected)
     assert_same(trained_variables(on, tflm_run(data, on, inputs)), expected)
+
+
+def test_fused_ops_of_a_separable_chain_share_no_op():
+    """dw → 1×1 → dw → 1×1: the fused ops may not both absorb the 1×1 layer between them (each
+    tensor is still produced before it is read), and training is unchanged."""
+    model = separable_model()
+    data, on = convert(model, rounding="stochastic")
+    _, off = convert(model, rounding="stochastic", fuse_gradients=False)
+    made = set()
+    for op in on.ops:
+        assert all(t is None or t.is_constant or t.is_variable or id(t) in made or t in on.inputs
+                   for t in op.inputs), op
+        made.update(id(t) for t in op.outputs)
+    assert any(map(is_block, on.ops))
+    inputs = steps(on)
+    expected = trained_variables(off, reference_run(off, inputs))
+    assert_same(trained_variables(on, reference_run(on, inputs)), expected)
+    assert_same(trained_variables(on, tflm_run(data, on, inputs)), expected)
+    assert abs(memory.estimate(on).arena_bytes - measure.measure(data)["measured_arena_bytes"]) <= 16
 
 
 def test_conventional_schedule_is_not_fused(small_model):
@@ -127,13 +177,32 @@ def test_a_gradient_something_else_reads_is_not_fused(small_model):
     graph = ir.load(small_model)
     pipeline.convert(graph, full_update(graph), pipeline.ConvertOptions(fuse_gradients=False, recompute=False))
     ops = graph.ops
-    found = fused_grads._candidates(ops, graph.outputs)
+    _, found = fused_grads._candidates(ops, graph.outputs)
     assert found
     first = min(found)
     g = ops[first].outputs[0]
     extra = ir.Op("ADD", [g, g], [ir.Tensor("sum", g.shape, np.float32)], role="backward")
-    assert first not in fused_grads._candidates(ops + [extra], graph.outputs)
-    assert first not in fused_grads._candidates(ops, graph.outputs + [g])
+    for level in (0, 1):
+        assert first not in fused_grads._candidates(ops + [extra], graph.outputs)[level]
+        assert first not in fused_grads._candidates(ops, graph.outputs + [g])[level]
+
+
+def test_a_block_whose_depthwise_gradient_something_else_reads_is_fused_without_the_projection(small_model):
+    """Block mode needs the depthwise output gradient read only by the depthwise input gradient and
+    the depthwise update; otherwise the depthwise → pointwise part alone is still a candidate."""
+    graph = ir.load(small_model)
+    pipeline.convert(graph, full_update(graph), pipeline.ConvertOptions(fuse_gradients=False, recompute=False))
+    ops = graph.ops
+    blocks, parts = fused_grads._candidates(ops, graph.outputs)
+    assert blocks and set(blocks) <= set(parts)
+    first = min(blocks)
+    replaced, fused = blocks[first]
+    assert [ops[j].kind for j in replaced].count("TFLT_CONV_INPUT_GRAD") == 2 and is_block(fused)
+    dy = ops[first].inputs[1]
+    extra = ir.Op("ADD", [dy, dy], [ir.Tensor("sum", dy.shape, np.float32)], role="backward")
+    for graph_ops, outputs in ((ops + [extra], graph.outputs), (ops, graph.outputs + [dy])):
+        blocks, parts = fused_grads._candidates(graph_ops, outputs)
+        assert first not in blocks and first in parts
 
 
 def test_an_update_in_between_that_the_moved_ops_read_blocks_fusion(small_model):
@@ -142,7 +211,7 @@ def test_an_update_in_between_that_the_moved_ops_read_blocks_fusion(small_model)
     graph = ir.load(small_model)
     pipeline.convert(graph, full_update(graph), pipeline.ConvertOptions(fuse_gradients=False, recompute=False))
     ops = graph.ops
-    first, (replaced, _) = next(iter(fused_grads._candidates(ops, graph.outputs).items()))
+    first, (replaced, _) = next(iter(fused_grads._candidates(ops, graph.outputs)[1].items()))
     update = ops[replaced[-1]]
     assert update.kind == "TFLT_CONV_GRAD_UPDATE"
     clash = ir.Op("TFLT_SGD_UPDATE", [None] * 4 + [update.inputs[6]], [], role="update")
@@ -171,7 +240,7 @@ def test_mcunet_scheme_trains_identically_and_is_measured_as_estimated(scheme):
         source = json.load(f)
     data, on = convert(model, source)
     off_data, off = convert(model, source, fuse_gradients=False)
-    assert kinds(on).count(FUSED) >= 3
+    assert sum(map(is_block, on.ops)) >= 3
     inputs = steps(on)
     expected = trained_variables(off, tflm_run(off_data, off, inputs))
     assert_same(trained_variables(on, tflm_run(data, on, inputs)), expected)

@@ -137,8 +137,9 @@ def kinds(graph) -> collections.Counter:
     return collections.Counter(op.kind for op in graph.ops)
 
 
-# dw_y and pw_y of TFLT_DEPTHWISE_POINTWISE_GRAD, which replaces masking ops after the pass.
-FUSED_Y_SLOTS = (4, 7)
+# dw_y, pw_y and (block mode) proj_y of TFLT_DEPTHWISE_POINTWISE_GRAD, which replaces masking ops after
+# the pass.
+FUSED_Y_SLOTS = (4, 7, 15)
 
 
 def mask_readers(graph):
@@ -240,8 +241,9 @@ def test_mcunet_backward_keeps_masks_instead_of_activations(scheme):
         return max(estimate.timeline[i] for i, op in enumerate(graph.ops) if op.role != "forward")
 
     forward_peak = max(before.timeline[i] for i, op in enumerate(off.ops) if op.role == "forward")
-    # The backward peak (198 KB at 49kb) falls to the forward's, which then bounds the arena.
-    assert backward_peak(off, before) > forward_peak + 30_000
+    # The backward peak (141 KB at 49kb, the saved activations) falls to the forward's, which then
+    # bounds the arena.
+    assert backward_peak(off, before) > forward_peak + 10_000
     assert backward_peak(on, after) <= forward_peak
     assert after.planned_bytes < before.planned_bytes - 35_000
     assert after.arena_bytes < before.arena_bytes - 35_000

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"{_MISSING} not in
 
 EXPECTED_OPS = {"TFLT_TRAIN_INIT", "TFLT_CONV_2D_SPLIT", "TFLT_SOFTMAX_XENT", "TFLT_CONV_INPUT_GRAD (fc)",
                 "TFLT_CONV_GRAD_UPDATE (fc)", "TFLT_MEAN_GRAD", "TFLT_DEPTHWISE_INPUT_GRAD",
-                "TFLT_DEPTHWISE_POINTWISE_GRAD",
+                "TFLT_DEPTHWISE_POINTWISE_GRAD", "TFLT_DEPTHWISE_POINTWISE_GRAD (block)",
                 "TFLT_CONV_WEIGHT_GRAD (depthwise)", "TFLT_BIAS_GRAD", "TFLT_SGD_UPDATE (weight)",
                 "TFLT_SGD_UPDATE (bias)", "TFLT_CONV_INPUT_GRAD (split conv)",
                 "TFLT_CONV_GRAD_UPDATE (split conv)"}

@@ -12,7 +12,9 @@ TRAIN_INIT, the split CONV_2D forward, SOFTMAX_XENT, the FC's input gradient
 and fused update, MEAN_GRAD, the depthwise input gradient, then (off the model's
 path) TFLT_DEPTHWISE_POINTWISE_GRAD as if layer 1 were a 1x1 stride-2 conv
 (weight w1p, split like w1, output mask y1: an inverted-residual block's
-expansion), the depthwise layer's conventional (weight grad, bias grad, SGD
+expansion), the same op in block mode (from the gradient of a 1x1 projection
+after the depthwise layer, with the depthwise update on copies of its
+parameters), the depthwise layer's conventional (weight grad, bias grad, SGD
 update) schedule, then the first conv's input gradient and fused update. The
 builtin forward ops (depthwise, mean, FC) run in
 TFLM, not in the training ops, so their outputs y2, p and logits are inputs of
@@ -34,7 +36,7 @@ from tflm_train.kernels_grad.common import F32, resolve_padding, table_fields  #
 from tflm_train.kernels_grad.conv import bias_grad, conv2d_split, conv_grad_update, conv_input_grad, \
     conv_weight_grad  # noqa: E402
 from tflm_train.kernels_grad.depthwise_conv import depthwise_input_grad  # noqa: E402
-from tflm_train.kernels_grad.depthwise_pointwise import depthwise_pointwise_grad  # noqa: E402
+from tflm_train.kernels_grad.depthwise_pointwise import Block, depthwise_pointwise_grad  # noqa: E402
 from tflm_train.kernels_grad.mean import mean_grad  # noqa: E402
 from tflm_train.kernels_grad.softmax_xent import softmax_xent  # noqa: E402
 from tflm_train.kernels_grad.train_init import train_init  # noqa: E402
@@ -44,6 +46,7 @@ from tflm_train.schema.training_ops_generated import ConvGradOptions, ConvUpdate
 
 H = W = 8          # input image
 C0, C1, CLASSES = 3, 8, 4
+CP = 3             # output channels of the block-mode case's projection
 K = 2              # trained input channels of the split first conv
 LABEL = 2
 LR = F32(0.1)
@@ -208,6 +211,31 @@ def build_case(seed: int) -> Header:
     _require_change("w1p_train", w1p_before, w1p_train); _require_change("b1p_train", b1p_before, b1p_train)
     out.array("expected_dx0p", dx0p); out.array("expected_g", g)
     out.array("expected_w1p_train", w1p_train); out.array("expected_b1p_train", b1p_train)
+
+    # Block mode (also off the model's path): a 1x1 projection conv after the depthwise layer, whose
+    # output gradient dyp starts the op, into the same expansion's dx and the depthwise layer's
+    # update (on copies w2b, b2b of its weight and bias).
+    block_rng = np.random.default_rng(seed + 1000)
+    wp, wp_scale = _int8(block_rng, (CP, 1, 1, C1)), _scales(block_rng, CP, 0.005, 0.02)
+    dyp = (block_rng.standard_normal((1, out1, out1, CP)) * 0.5).astype(F32)
+    w2b, b2b = w2.copy(), b2.copy()
+    out.array("wp", wp); out.array("wp_scale", wp_scale); out.array("dyp", dyp)
+    out.array("w2b", w2b, mutable=True); out.array("b2b", b2b, mutable=True)
+    out.geometry("kProjectionGeometry", (out1, out1), (out1, out1), 1, 1, 0)
+    block = Block(None, wp, None, wp_scale,
+                  table_fields(ConvGradOptions(input_height=out1, input_width=out1, input_channels=C1)), y1, w2b,
+                  w2_qas, b2b, b2_qas,
+                  table_fields(ConvUpdateOptions(x_zero_point=y1_zp, x_scale=y1_scale, depthwise=True,
+                                                 weight_param_id=W2_ID, bias_param_id=B2_ID, **act2, **win2)))
+    dx0b, gb = depthwise_pointwise_grad(
+        LR, step, dyp, y2, w2b, w2_scale, y1, w1p, w1_scale, None, None, None, None, None,
+        depthwise=table_fields(ConvGradOptions(input_height=out1, input_width=out1, input_channels=C1, **act2,
+                                               **win2)),
+        pointwise=table_fields(ConvUpdateOptions(stride_h=2, stride_w=2, **act1)), input_shape=(1, H, W, C0),
+        block=block)
+    _require_change("w2b", w2, w2b); _require_change("b2b", b2, b2b)
+    out.array("expected_dx0b", dx0b); out.array("expected_gb", gb)
+    out.array("expected_w2b", w2b); out.array("expected_b2b", b2b)
 
     dw2 = conv_weight_grad(dy2, y2, y1, weight_shape=w2.shape, x_zero_point=y1_zp, x_scale=y1_scale,
                            depthwise=True, **act2, **win2)

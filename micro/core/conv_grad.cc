@@ -6,23 +6,29 @@ namespace core {
 void ConvInputGrad(const ConvGeometry& geometry, const ActivationMask& mask,
                    const float* dy, const SplitWeight& weight,
                    const float* w_scale, float* dx) {
-  const ConvGeometry& g = geometry;
-  const int out_channels = weight.out_channels;
-  for (int ih = 0; ih < g.in_h; ++ih) {
-    for (int iw = 0; iw < g.in_w; ++iw) {
+  for (int ih = 0; ih < geometry.in_h; ++ih) {
+    for (int iw = 0; iw < geometry.in_w; ++iw) {
       for (int i = 0; i < weight.in_channels; ++i) {
-        float acc = 0.0f;
-        g.ForEachTapOn(ih, iw, [&](int kh, int kw, int position) {
-          const int base = position * out_channels;
-          for (int o = 0; o < out_channels; ++o) {
-            const float grad = mask.Apply(dy[base + o], base + o) * w_scale[o];
-            acc = acc + static_cast<float>(weight.At(o, kh, kw, i)) * grad;
-          }
-        });
-        dx[(ih * g.in_w + iw) * weight.in_channels + i] = acc;
+        dx[(ih * geometry.in_w + iw) * weight.in_channels + i] =
+            ConvInputGradAt(geometry, mask, dy, weight, w_scale, ih, iw, i);
       }
     }
   }
+}
+
+float ConvInputGradAt(const ConvGeometry& geometry, const ActivationMask& mask,
+                      const float* dy, const SplitWeight& weight,
+                      const float* w_scale, int ih, int iw, int i) {
+  const int out_channels = weight.out_channels;
+  float acc = 0.0f;
+  geometry.ForEachTapOn(ih, iw, [&](int kh, int kw, int position) {
+    const int base = position * out_channels;
+    for (int o = 0; o < out_channels; ++o) {
+      const float grad = mask.Apply(dy[base + o], base + o) * w_scale[o];
+      acc = acc + static_cast<float>(weight.At(o, kh, kw, i)) * grad;
+    }
+  });
+  return acc;
 }
 
 void AddPointwiseInputGrad(const ConvGeometry& geometry,

@@ -18,17 +18,24 @@ void ConvInputGrad(const ConvGeometry& geometry, const ActivationMask& mask,
                    const float* dy, const SplitWeight& weight,
                    const float* w_scale, float* dx);
 
+// One element dx[ih, iw, i] of ConvInputGrad (it reads input channel i's
+// weights only), for an op that needs one input channel at a time.
+float ConvInputGradAt(const ConvGeometry& geometry, const ActivationMask& mask,
+                      const float* dy, const SplitWeight& weight,
+                      const float* w_scale, int ih, int iw, int i);
+
 // One output channel `channel` of a masked gradient dy [P, channels] (P
 // positions, row-major): md at position p. An op that streams output channels
-// keeps just one channel's md (channels 1, no mask).
+// keeps just one channel's md (channels 1, no mask), or one group's (channels
+// M, no mask; `offset` picks the group's channels).
 struct ChannelGradient {
   const float* dy = nullptr;
   ActivationMask mask;
   int channels = 1;
   int channel = 0;
 
-  float At(int p) const {
-    const int index = p * channels + channel;
+  float At(int p, int offset = 0) const {
+    const int index = p * channels + channel + offset;
     return mask.Apply(dy[index], index);
   }
 };

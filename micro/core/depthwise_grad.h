@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "core/conv_geometry.h"
+#include "core/conv_grad.h"
 
 namespace tflm_train {
 namespace core {
@@ -18,12 +19,12 @@ void DepthwiseInputGrad(const ConvGeometry& geometry,
                         int depth_multiplier, float* dx);
 
 // One element dx[ih, iw, i] of DepthwiseInputGrad, for an op that needs one
-// channel of dx at a time.
+// channel of dx at a time: `group.At(p, j)` is md[p, i*M + j] (the whole md,
+// or just channel group i's); w and w_scale are the whole layer's.
 float DepthwiseInputGradAt(const ConvGeometry& geometry,
-                           const ActivationMask& mask, const float* dy,
-                           const int8_t* w, const float* w_scale,
-                           int in_channels, int depth_multiplier, int ih,
-                           int iw, int i);
+                           const ChannelGradient& group, const int8_t* w,
+                           const float* w_scale, int in_channels,
+                           int depth_multiplier, int ih, int iw, int i);
 
 }  // namespace core
 }  // namespace tflm_train

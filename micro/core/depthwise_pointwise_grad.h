@@ -3,7 +3,11 @@
 // conv's output channels c at a time: channel c of the depthwise input
 // gradient, masked by the conv's activation, goes straight into the conv's
 // input gradient and its update, so the whole depthwise input gradient
-// [H', W', C] never exists (only H' x W' floats).
+// [H', W', C] never exists (only H' x W' floats). In block mode the op starts
+// from the gradient of the conv after the depthwise layer (the projection):
+// channel group c of the depthwise output gradient is its input gradient's
+// channels c*M .. c*M+M-1, which also feed the depthwise layer's update, so
+// the depthwise output gradient [Ho, Wo, C*M] never exists whole either.
 #ifndef TFLM_TRAIN_MICRO_CORE_DEPTHWISE_POINTWISE_GRAD_H_
 #define TFLM_TRAIN_MICRO_CORE_DEPTHWISE_POINTWISE_GRAD_H_
 
@@ -23,7 +27,7 @@ struct DepthwiseBackward {
   int channels = 0;       // C
   int depth_multiplier = 1;
   ActivationMask mask;
-  const float* dy = nullptr;       // [1, Ho, Wo, C*M]
+  const float* dy = nullptr;       // [1, Ho, Wo, C*M]; unused in block mode
   const int8_t* w = nullptr;       // [1, kh, kw, C*M]
   const float* w_scale = nullptr;  // [C*M]
 };
@@ -41,9 +45,26 @@ struct PointwiseBackward {
   const int8_t* x = nullptr;  // [1, H, W, I]
 };
 
-// g: H' * W' floats of scratch; it ends holding channel C-1's masked gradient.
+// Block mode: the projection's input gradient (TFLT_CONV_INPUT_GRAD's
+// operands; its input is the depthwise output Ho x Wo x C*M) and the
+// depthwise layer's update when `update` is set (TFLT_CONV_GRAD_UPDATE's,
+// depthwise, masked with DepthwiseBackward::mask).
+struct ProjectionBackward {
+  ConvGeometry geometry;
+  ActivationMask mask;             // of its output
+  const float* dy = nullptr;       // [1, Hp, Wp, O]
+  SplitWeight weight;              // [O, kh, kw, C*M]
+  const float* w_scale = nullptr;  // [O]
+  const ChannelUpdate* update = nullptr;
+  const int8_t* x = nullptr;  // the depthwise layer's input [1, H', W', C]
+};
+
+// g: H' * W' floats of scratch (block mode: H' * W' + Ho * Wo * M); it ends
+// holding channel C-1's masked gradient (then channel group C-1's masked
+// depthwise output gradient [Ho, Wo, M]). `projection` null: not block mode.
 void DepthwisePointwiseGrad(const DepthwiseBackward& depthwise,
-                            const PointwiseBackward& pointwise, float* g);
+                            const PointwiseBackward& pointwise, float* g,
+                            const ProjectionBackward* projection = nullptr);
 
 }  // namespace core
 }  // namespace tflm_train

@@ -524,16 +524,23 @@ inline bool ReadConvChainOptionsStages(const uint8_t* buf, size_t size, uint32_t
 // The options of the ops it fuses: the depthwise layer's TFLT_DEPTHWISE_INPUT_GRAD
 // ones, and TFLT_CONV_GRAD_UPDATE's for the conv layer before it (depthwise
 // false), whose window and activation range its TFLT_CONV_INPUT_GRAD uses too.
+// When the op starts from the gradient of the conv after the depthwise layer
+// (its input proj_w given): that conv's TFLT_CONV_INPUT_GRAD options and the
+// depthwise layer's TFLT_CONV_GRAD_UPDATE ones (depthwise true).
 // Options of TFLT_DEPTHWISE_POINTWISE_GRAD.
 struct DepthwisePointwiseGradOptions {
   ConvGradOptions depthwise;
   ConvUpdateOptions pointwise;
+  ConvGradOptions projection;
+  ConvUpdateOptions depthwise_update;
 };
 
 namespace detail {
 inline bool ReadFields(const Table& table, DepthwisePointwiseGradOptions* out) {
   return ReadTable<ConvGradOptions>(table, 0, ReadFields, &out->depthwise) &&
-         ReadTable<ConvUpdateOptions>(table, 1, ReadFields, &out->pointwise);
+         ReadTable<ConvUpdateOptions>(table, 1, ReadFields, &out->pointwise) &&
+         ReadTable<ConvGradOptions>(table, 2, ReadFields, &out->projection) &&
+         ReadTable<ConvUpdateOptions>(table, 3, ReadFields, &out->depthwise_update);
 }
 }  // namespace detail
 

@@ -149,18 +149,24 @@ void shim_depthwise_input_grad(const int32_t* g, const float* dy,
 // dw_ints: geometry[12], channels, depth_multiplier, act_min, act_max, packed.
 // pw_ints: geometry[12], act_min, act_max, packed, in_channels, train_channels,
 // x_zero_point, rounding, step, weight_param_id, bias_param_id, bias_channels.
+// proj_ints (null: not block mode): the projection's geometry[12], act_min,
+// act_max, packed, out_channels, train_channels; the depthwise update's
+// x_zero_point, rounding, weight_param_id, bias_param_id, bias_channels.
 // t: dy, dw_y, dw_w, dw_w_scale, pw_y, pw_w, pw_w_scale, x, w_train, w_qas,
-// b_train, b_qas, dx, g (absent ones null; no w_train and no b_train: no
-// update).
+// b_train, b_qas, dx, g, then (block mode) proj_y, proj_w, proj_w_train,
+// proj_w_scale, dw_x, dw_w_train, dw_w_qas, dw_b_train, dw_b_qas (absent ones
+// null; no w_train and no b_train: no update).
 void shim_depthwise_pointwise_grad(const int32_t* dw_ints,
-                                   const int32_t* pw_ints, float x_scale,
-                                   float lr, void* const* t) {
+                                   const int32_t* pw_ints,
+                                   const int32_t* proj_ints, float x_scale,
+                                   float dw_x_scale, float lr,
+                                   void* const* t) {
   DepthwiseBackward depthwise;
   depthwise.geometry = Geometry(dw_ints);
   depthwise.channels = dw_ints[12];
   depthwise.depth_multiplier = dw_ints[13];
   depthwise.mask = MaskOf(t[1], dw_ints[16], dw_ints[14], dw_ints[15]);
-  depthwise.dy = static_cast<const float*>(t[0]);
+  depthwise.dy = proj_ints == nullptr ? static_cast<const float*>(t[0]) : nullptr;
   depthwise.w = static_cast<const int8_t*>(t[2]);
   depthwise.w_scale = static_cast<const float*>(t[3]);
   const int channels = depthwise.channels;
@@ -191,7 +197,45 @@ void shim_depthwise_pointwise_grad(const int32_t* dw_ints,
       spec, TrainingStep{lr, RoundingOf(pw_ints[18]), pw_ints[19]}, weight,
       bias);
   if (w_train != nullptr || b_train != nullptr) pointwise.update = &update;
-  DepthwisePointwiseGrad(depthwise, pointwise, static_cast<float*>(t[13]));
+  float* g = static_cast<float*>(t[13]);
+  if (proj_ints == nullptr) {
+    DepthwisePointwiseGrad(depthwise, pointwise, g);
+    return;
+  }
+  const int expanded = channels * depthwise.depth_multiplier;
+  ProjectionBackward projection;
+  projection.geometry = Geometry(proj_ints);
+  projection.mask = MaskOf(t[14], proj_ints[14], proj_ints[12], proj_ints[13]);
+  projection.dy = static_cast<const float*>(t[0]);
+  projection.weight = SplitWeight{
+      static_cast<const int8_t*>(t[15]), static_cast<const int8_t*>(t[16]),
+      proj_ints[15], projection.geometry.kernel_h, projection.geometry.kernel_w,
+      expanded, proj_ints[16]};
+  projection.w_scale = static_cast<const float*>(t[17]);
+  projection.x = static_cast<const int8_t*>(t[18]);
+  int8_t* dw_w_train = static_cast<int8_t*>(t[19]);
+  int32_t* dw_b_train = static_cast<int32_t*>(t[21]);
+  WeightGradSpec dw_spec;
+  dw_spec.geometry = depthwise.geometry;
+  dw_spec.out_channels = expanded;
+  dw_spec.x_channels = channels;
+  dw_spec.train_channels = expanded;
+  dw_spec.depthwise = true;
+  dw_spec.depth_multiplier = depthwise.depth_multiplier;
+  dw_spec.x_zero_point = proj_ints[17];
+  dw_spec.x_scale = dw_x_scale;
+  const TrainableParam<int8_t> dw_weight{
+      dw_w_train, static_cast<const float*>(t[20]), proj_ints[19], expanded};
+  const TrainableParam<int32_t> dw_bias{
+      dw_b_train, static_cast<const float*>(t[22]), proj_ints[20],
+      proj_ints[21]};
+  const ChannelUpdate dw_update(
+      dw_spec, TrainingStep{lr, RoundingOf(proj_ints[18]), pw_ints[19]},
+      dw_weight, dw_bias);
+  if (dw_w_train != nullptr || dw_b_train != nullptr) {
+    projection.update = &dw_update;
+  }
+  DepthwisePointwiseGrad(depthwise, pointwise, g, &projection);
 }
 
 void shim_mean_grad(const float* dy, int height, int width, int channels,

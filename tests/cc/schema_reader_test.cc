@@ -146,6 +146,8 @@ void PrintTable(const char* name, const Table& table) {
 void PrintFields(const s::DepthwisePointwiseGradOptions& options) {
   PrintTable("depthwise", options.depthwise);
   PrintTable("pointwise", options.pointwise);
+  PrintTable("projection", options.projection);
+  PrintTable("depthwise_update", options.depthwise_update);
 }
 
 // Tables of scalars print from the struct alone.

@@ -41,6 +41,9 @@ OTHER_OP_DATA_BYTES = 64      # a kind not calibrated above
 # TFLT_CONV_CHAIN's second allocation: per stage a core::ConvChainStage, and a RowWindow but for the last.
 CHAIN_STAGE_BYTES = 112
 CHAIN_WINDOW_BYTES = 24
+# TFLT_DEPTHWISE_POINTWISE_GRAD's second allocation in block mode (its input proj_w given).
+FUSED_BLOCK_BYTES = 176
+FUSED_BLOCK_INPUT = 16
 # Per-channel-quantized weights: two arrays (multiplier, shift), an int32 per output channel in each.
 PER_CHANNEL_OP_DATA_BYTES = 4
 PER_CHANNEL_KINDS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -144,6 +147,9 @@ def op_data_bytes(op: ir.Op) -> int:
     if op.kind == "TFLT_CONV_CHAIN":
         stages = (len(op.inputs) - 1) // conv_chain.STAGE_INPUTS
         size += align(CHAIN_STAGE_BYTES * stages + CHAIN_WINDOW_BYTES * (stages - 1))
+    if op.kind == "TFLT_DEPTHWISE_POINTWISE_GRAD" and len(op.inputs) > FUSED_BLOCK_INPUT \
+            and op.inputs[FUSED_BLOCK_INPUT] is not None:
+        size += FUSED_BLOCK_BYTES
     weight = op.inputs[1] if op.kind in PER_CHANNEL_KINDS and len(op.inputs) > 1 else None
     if weight is not None and weight.quant is not None and weight.quant.per_channel:
         size += 2 * align(PER_CHANNEL_OP_DATA_BYTES * weight.quant.scale.size)

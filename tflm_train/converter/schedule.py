@@ -19,7 +19,7 @@ from tflm_train.schema.training_ops_generated import ConvUpdateOptions, Rounding
 # The inputs each updating op writes in place: its trainable variables (it only reads the rest,
 # the training state and the weights of an input gradient included).
 WRITTEN_SLOTS = {"TFLT_CONV_GRAD_UPDATE": (6, 8, 10), "TFLT_SGD_UPDATE": (4, 6),
-                 "TFLT_DEPTHWISE_POINTWISE_GRAD": (11, 13)}
+                 "TFLT_DEPTHWISE_POINTWISE_GRAD": (11, 13, 20, 22)}
 
 
 def written_variables(op: ir.Op) -> set:

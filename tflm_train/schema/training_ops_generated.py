@@ -256,15 +256,22 @@ class ConvChainOptions(Table):
 # The options of the ops it fuses: the depthwise layer's TFLT_DEPTHWISE_INPUT_GRAD
 # ones, and TFLT_CONV_GRAD_UPDATE's for the conv layer before it (depthwise
 # false), whose window and activation range its TFLT_CONV_INPUT_GRAD uses too.
+# When the op starts from the gradient of the conv after the depthwise layer
+# (its input proj_w given): that conv's TFLT_CONV_INPUT_GRAD options and the
+# depthwise layer's TFLT_CONV_GRAD_UPDATE ones (depthwise true).
 # Options of TFLT_DEPTHWISE_POINTWISE_GRAD.
 @dataclass
 class DepthwisePointwiseGradOptions(Table):
     depthwise: ConvGradOptions = field(default_factory=ConvGradOptions)
     pointwise: ConvUpdateOptions = field(default_factory=ConvUpdateOptions)
+    projection: ConvGradOptions = field(default_factory=ConvGradOptions)
+    depthwise_update: ConvUpdateOptions = field(default_factory=ConvUpdateOptions)
 
     FIELDS = (
         Field("depthwise", "table", None, ConvGradOptions),
         Field("pointwise", "table", None, ConvUpdateOptions),
+        Field("projection", "table", None, ConvGradOptions),
+        Field("depthwise_update", "table", None, ConvUpdateOptions),
     )
 
 

@@ -82,17 +82,30 @@ constexpr int kClasses = Count(fc::w3_scale);
 constexpr int kK = fc::kTrainChannels;
 constexpr int kTaps = 3 * 3;
 
-// The weight gradient of layer 1 (x0 -> C1 channels, K trained), with its
-// 3x3 filter or the 1x1 one of TFLT_DEPTHWISE_POINTWISE_GRAD's case.
-WeightGradSpec Layer1Spec(const ConvGeometry& geometry) {
+// The weight gradient of a layer with C1 output channels reading x.
+WeightGradSpec LayerSpec(const ConvGeometry& geometry, int x_channels,
+                         int train_channels, bool depthwise,
+                         int32_t x_zero_point, float x_scale) {
   WeightGradSpec spec;
   spec.geometry = geometry;
   spec.out_channels = kC1;
-  spec.x_channels = kC0;
-  spec.train_channels = kK;
-  spec.x_zero_point = fc::kX0ZeroPoint;
-  spec.x_scale = fc::kX0Scale;
+  spec.x_channels = x_channels;
+  spec.train_channels = train_channels;
+  spec.depthwise = depthwise;
+  spec.x_zero_point = x_zero_point;
+  spec.x_scale = x_scale;
   return spec;
+}
+
+// Layer 1 (x0 -> C1 channels, K trained), with its 3x3 filter or the 1x1 one
+// of TFLT_DEPTHWISE_POINTWISE_GRAD's case.
+WeightGradSpec Layer1Spec(const ConvGeometry& geometry) {
+  return LayerSpec(geometry, kC0, kK, false, fc::kX0ZeroPoint, fc::kX0Scale);
+}
+
+// Layer 2, the depthwise one (y1 -> C1 channels).
+WeightGradSpec Layer2Spec(const ConvGeometry& geometry) {
+  return LayerSpec(geometry, kC1, kC1, true, fc::kY1ZeroPoint, fc::kY1Scale);
 }
 
 // Tensors the step writes: the arena of a real deployment.
@@ -110,6 +123,8 @@ float db2[kC1];
 float dx0[Count(fc::expected_dx0)];
 float dx0p[Count(fc::expected_dx0p)];
 float g[Count(fc::expected_g)];
+float dx0b[Count(fc::expected_dx0b)];
+float gb[Count(fc::expected_gb)];
 
 void RunTrainingStep() {
   const ConvGeometry conv1 = Geometry(fc::kConv1Geometry);
@@ -208,15 +223,40 @@ void RunTrainingStep() {
            Same(fc::b1p_train, fc::expected_b1p_train);
   });
 
+  Op("TFLT_DEPTHWISE_POINTWISE_GRAD (block)", [&] {
+    DepthwiseBackward backward;
+    backward.geometry = depthwise;
+    backward.channels = kC1;
+    backward.mask = relu6;
+    backward.w = fc::w2b;  // the variable its update writes
+    backward.w_scale = fc::w2_scale;
+    PointwiseBackward pointwise;
+    pointwise.mask = relu1;
+    pointwise.geometry = Geometry(fc::kPointwiseGeometry);
+    pointwise.weight = SplitWeight{fc::w1p, nullptr, kC1, 1, 1, kC0, 0};
+    pointwise.w_scale = fc::w1_scale;
+    pointwise.dx = dx0b;
+    ProjectionBackward projection;
+    projection.geometry = Geometry(fc::kProjectionGeometry);
+    projection.dy = fc::dyp;
+    projection.weight =
+        SplitWeight{fc::wp, nullptr, Count(fc::wp_scale), 1, 1, kC1, 0};
+    projection.w_scale = fc::wp_scale;
+    projection.x = y1;
+    const WeightGradSpec spec = Layer2Spec(depthwise);
+    const TrainableParam<int8_t> weight{fc::w2b, fc::w2_qas, fc::kW2Id, kC1};
+    const TrainableParam<int32_t> bias{fc::b2b, fc::b2_qas, fc::kB2Id, kC1};
+    const ChannelUpdate update(
+        spec, TrainingStep{fc::kLr, Rounding::kNearest, step}, weight, bias);
+    projection.update = &update;
+    DepthwisePointwiseGrad(backward, pointwise, gb, &projection);
+  }, [&] {
+    return Same(dx0b, fc::expected_dx0b) && Same(gb, fc::expected_gb) &&
+           Same(fc::w2b, fc::expected_w2b) && Same(fc::b2b, fc::expected_b2b);
+  });
+
   Op("TFLT_CONV_WEIGHT_GRAD (depthwise)", [&] {
-    WeightGradSpec spec;
-    spec.geometry = depthwise;
-    spec.out_channels = kC1;
-    spec.x_channels = kC1;
-    spec.train_channels = kC1;
-    spec.depthwise = true;
-    spec.x_zero_point = fc::kY1ZeroPoint;
-    spec.x_scale = fc::kY1Scale;
+    const WeightGradSpec spec = Layer2Spec(depthwise);
     for (int o = 0; o < kC1; ++o) {
       ForEachWeightGrad(spec, ChannelGradient{dy2, relu6, kC1, o}, y1, o,
                         [](int element, float g) { dw2[element] = g; });
