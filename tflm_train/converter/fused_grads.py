@@ -36,29 +36,34 @@ def fuse_gradients(graph: ir.Graph, ops: list) -> list:
     only a conv's input gradient (1x1) and update read fused with them, and with the projection's
     input gradient and the depthwise update before it where possible, where that lowers the
     estimated arena; the fused ops' scratch tensors are added to `graph`."""
-    candidates = _candidates(ops, graph.outputs)
-    tensors = graph.tensors + [fused.outputs[0] for level in candidates for _, fused in level.values()]
+    blocks, parts = _candidates(ops, graph.outputs)
+    tensors = graph.tensors + [fused.outputs[0] for level in (blocks, parts) for _, fused in level.values()]
 
     def arena(chosen: dict) -> int:
         return memory.estimate(ir.Graph(_with_fused(ops, chosen), graph.inputs, graph.outputs, tensors)).arena_bytes
 
-    # Fused ops may not share an op: without expansion layers (MobileNetV1: depthwise, 1×1, depthwise,
-    # ...) a 1×1 layer's input gradient is one block's projection and the next one's pointwise part;
-    # the largest gradients are fused first. A fused op can cost more op data than it saves where its
-    # gradients were not part of the peak: drop those that do not pay, smallest gradient first; a
-    # block that does not pay may still pay as the depthwise → pointwise part alone.
+    # A fused op can cost more op data than it saves where its gradients were not part of the peak:
+    # drop those that do not pay, smallest gradient first; a block that does not pay may still pay
+    # as the depthwise → pointwise part alone.
     chosen: dict = {}
-    for level in candidates:
+    for level in (_compatible(blocks, parts), parts):
         taken = {j for replaced, _ in chosen.values() for j in replaced}
-        new = []
-        for k in sorted(level, key=lambda k: -ops[k].outputs[0].nbytes):
-            if k not in chosen and taken.isdisjoint(level[k][0]):
-                new.append(k)
-                taken.update(level[k][0])
-        chosen = memory.drop_unpaid({**chosen, **{k: level[k] for k in new}}, arena, new[::-1])
+        new = sorted((k for k in level if k not in chosen and taken.isdisjoint(level[k][0])),
+                     key=lambda k: ops[k].outputs[0].nbytes)
+        chosen = memory.drop_unpaid({**chosen, **{k: level[k] for k in new}}, arena, new)
     for _, fused in chosen.values():
         graph.add_tensor(fused.outputs[0])
     return _with_fused(ops, chosen)
+
+
+def _compatible(blocks: dict, parts: dict) -> dict:
+    """The blocks that share no op with another depthwise layer's part. Without expansion layers
+    (MobileNetV1: depthwise, 1×1, depthwise, ...) a 1×1 layer's input gradient is one block's
+    projection and the next layer's pointwise part, and fused ops may not share an op: there the
+    parts are fused (the last depthwise layer's block shares nothing)."""
+    def shares(k):
+        return any(not set(blocks[k][0]).isdisjoint(replaced) for j, (replaced, _) in parts.items() if j != k)
+    return {k: block for k, block in blocks.items() if not shares(k)}
 
 
 def _candidates(ops: list, graph_outputs: list) -> tuple:
