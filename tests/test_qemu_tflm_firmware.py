@@ -90,6 +90,33 @@ def test_commands_encode_the_serial_protocol():
     assert state.encode() == b"S"
 
 
+@pytest.mark.parametrize("kind, method", [
+    ("CONV_2D", "AddConv2D"), ("DEPTHWISE_CONV_2D", "AddDepthwiseConv2D"), ("ADD", "AddAdd"),
+    ("AVERAGE_POOL_2D", "AddAveragePool2D"), ("FULLY_CONNECTED", "AddFullyConnected"),
+    ("BATCH_TO_SPACE_ND", "AddBatchToSpaceNd"), ("L2_NORMALIZATION", "AddL2Normalization"),
+])
+def test_resolver_method_names_follow_tflm(kind, method):
+    assert tool.resolver_method(kind) == method
+
+
+def test_the_firmware_registers_exactly_the_models_builtins():
+    import tf_models
+    from tflm_train import ir
+    kinds = tool.builtin_kinds(ir.load(tf_models.mobilenet_like(residual=True, pool="avgpool", size=12)))
+    assert "ADD" in kinds and len(kinds) == len(set(kinds)) and not any(k.startswith("TFLT_") for k in kinds)
+    header = tool.ops_header(kinds)
+    assert f"kModelBuiltinOps = {len(kinds)};" in header
+    assert [line.strip() for line in header.splitlines() if line.strip().startswith("resolver.Add")] == \
+        [f"resolver.{tool.resolver_method(k)}()," for k in kinds]
+
+
+def test_outcome_arena_is_the_largest_reported_and_other_ram_excludes_the_arena():
+    _, replies = tool.parse_transcript(TRANSCRIPT.replace("arena_used_bytes 5000\ninstructions 90000",
+                                                          "arena_used_bytes 6000\ninstructions 90000"), 4)
+    outcome = tool.Outcome("cortex-m7", _commands(), replies, [], 5000, 300_000, "", arena_bytes=250_000)
+    assert outcome.arena_used_bytes == 6000 and outcome.other_ram_bytes == 50_000
+
+
 # ---------------------------------------------------------------- the emulator run (needs TFLM sources)
 
 def _small_training_model(reorder: bool) -> bytes:
