@@ -3,22 +3,13 @@
 namespace tflm_train {
 namespace core {
 
-void ConvInputGrad(const ConvGeometry& geometry, const ActivationMask& mask,
-                   const float* dy, const SplitWeight& weight,
-                   const float* w_scale, float* dx) {
-  for (int ih = 0; ih < geometry.in_h; ++ih) {
-    for (int iw = 0; iw < geometry.in_w; ++iw) {
-      for (int i = 0; i < weight.in_channels; ++i) {
-        dx[(ih * geometry.in_w + iw) * weight.in_channels + i] =
-            ConvInputGradAt(geometry, mask, dy, weight, w_scale, ih, iw, i);
-      }
-    }
-  }
-}
+namespace {
 
-float ConvInputGradAt(const ConvGeometry& geometry, const ActivationMask& mask,
-                      const float* dy, const SplitWeight& weight,
-                      const float* w_scale, int ih, int iw, int i) {
+// ConvInputGradAt's body, inlined into ConvInputGrad's loops.
+inline float InputGradAt(const ConvGeometry& geometry,
+                         const ActivationMask& mask, const float* dy,
+                         const SplitWeight& weight, const float* w_scale,
+                         int ih, int iw, int i) {
   const int out_channels = weight.out_channels;
   float acc = 0.0f;
   geometry.ForEachTapOn(ih, iw, [&](int kh, int kw, int position) {
@@ -29,6 +20,27 @@ float ConvInputGradAt(const ConvGeometry& geometry, const ActivationMask& mask,
     }
   });
   return acc;
+}
+
+}  // namespace
+
+void ConvInputGrad(const ConvGeometry& geometry, const ActivationMask& mask,
+                   const float* dy, const SplitWeight& weight,
+                   const float* w_scale, float* dx) {
+  for (int ih = 0; ih < geometry.in_h; ++ih) {
+    for (int iw = 0; iw < geometry.in_w; ++iw) {
+      for (int i = 0; i < weight.in_channels; ++i) {
+        dx[(ih * geometry.in_w + iw) * weight.in_channels + i] =
+            InputGradAt(geometry, mask, dy, weight, w_scale, ih, iw, i);
+      }
+    }
+  }
+}
+
+float ConvInputGradAt(const ConvGeometry& geometry, const ActivationMask& mask,
+                      const float* dy, const SplitWeight& weight,
+                      const float* w_scale, int ih, int iw, int i) {
+  return InputGradAt(geometry, mask, dy, weight, w_scale, ih, iw, i);
 }
 
 void AddPointwiseInputGrad(const ConvGeometry& geometry,
