@@ -36,15 +36,10 @@ bool Validate(KernelContext& ctx, OpData& data) {
   if (!check.Counts(kX + 1, kNumInputs, 0) || !check.Label(kLabel, &label) ||
       !check.TrainingStep(kLr, kState) ||
       !check.Gradient(kDy, kY, opt.act_min, opt.act_max, &dy, &data.has_y) ||
-      !kernels::ValidateUpdate(check, opt, {kX, kWTrain, kWQas, kBTrain, kBQas},
-                               dy, &data.spec, &data.has_weight,
-                               &data.bias_channels)) {
-    return false;
-  }
-  TensorView w_train;
-  check.Optional(kWTrain, &w_train);
-  if (!check.Fraction(kWFraction, w_train, data.has_weight,
-                      &data.has_fraction)) {
+      !kernels::ValidateUpdate(
+          check, opt, {kX, kWTrain, kWQas, kBTrain, kBQas, kWFraction}, dy,
+          &data.spec, &data.has_weight, &data.bias_channels,
+          &data.has_fraction)) {
     return false;
   }
   return data.has_weight || data.bias_channels > 0 ||

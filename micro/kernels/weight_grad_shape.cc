@@ -49,9 +49,9 @@ bool ValidateWeightGrad(Checker& check,
 bool ValidateUpdate(Checker& check, const schema::ConvUpdateOptions& options,
                     const UpdateInputs& inputs, const Image& dy_image,
                     core::WeightGradSpec* spec, bool* has_weight,
-                    int* bias_channels) {
+                    int* bias_channels, bool* has_fraction) {
   TensorView x, w_train, b_train;
-  bool has_bias;
+  bool has_bias, fraction;
   if (!check.TrainablePair(inputs.w_train, inputs.w_qas, "w_qas", dy_image.c,
                            &w_train, has_weight) ||
       (*has_weight && (!check.Required(inputs.x, "x", &x) ||
@@ -61,10 +61,12 @@ bool ValidateUpdate(Checker& check, const schema::ConvUpdateOptions& options,
     return false;
   }
   *spec = BiasOnlySpec(options, dy_image);
-  if (*has_weight && !ValidateWeightGrad(check, options, w_train, "w_train",
-                                         DType::kInt8, dy_image, x, spec)) {
+  if ((*has_weight && !ValidateWeightGrad(check, options, w_train, "w_train",
+                                          DType::kInt8, dy_image, x, spec)) ||
+      !check.Fraction(inputs.w_fraction, w_train, *has_weight, &fraction)) {
     return false;
   }
+  if (has_fraction != nullptr) *has_fraction = fraction;
   *bias_channels = 0;
   if (!has_bias) return true;
   if (!check.Type(b_train, "b_train", DType::kInt32)) return false;

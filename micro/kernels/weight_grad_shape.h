@@ -25,20 +25,23 @@ bool ValidateWeightGrad(Checker& check,
 core::WeightGradSpec BiasOnlySpec(const schema::ConvUpdateOptions& options,
                                   const Image& dy_image);
 
-// Input indices of a fused update's operands.
+// Input indices of a fused update's operands; w_fraction -1: the op takes no
+// fractional bits.
 struct UpdateInputs {
   int x, w_train, w_qas, b_train, b_qas;
+  int w_fraction = -1;
 };
 
 // A fused update of a layer whose output gradient is `dy_image`: the optional
 // (w_train, w_qas) pair with x (only a weight update reads it) and the
 // optional (b_train, b_qas) pair, b_train int32 [Ob], 1 <= Ob <= O. Fills
 // `spec` (BiasOnlySpec without a weight), *has_weight and *bias_channels
-// (0: no bias update).
+// (0: no bias update), and *has_fraction (the weight's optional fractional
+// bits; see Checker::Fraction) when the op takes them.
 bool ValidateUpdate(Checker& check, const schema::ConvUpdateOptions& options,
                     const UpdateInputs& inputs, const Image& dy_image,
                     core::WeightGradSpec* spec, bool* has_weight,
-                    int* bias_channels);
+                    int* bias_channels, bool* has_fraction = nullptr);
 
 }  // namespace kernels
 }  // namespace tflm_train

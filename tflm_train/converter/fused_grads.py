@@ -126,8 +126,8 @@ def _fused_op(depthwise: ir.Op, input_grad, update, projection=None, depthwise_u
             return None  # a k×k input gradient sums taps before channels: no channel streaming
         pointwise = ConvUpdateOptions(**{k: options[k] for k in WINDOW_FIELDS + ("act_min", "act_max")})
     if update is not None:
-        if len(update.inputs) > 10:
-            return None  # a weight with fractional bits: the fused op takes none
+        if _has_fraction(update):
+            return None
         _, lr, state, _, update_y, x, w_train, w_qas, b_train, b_qas = update.inputs
         options = ConvUpdateOptions.from_bytes(update.custom_options)
         if options.depthwise or (w_train is not None and len(w_train.shape) != 4):
@@ -173,8 +173,8 @@ def _block_inputs(depthwise: ir.Op, projection: ir.Op, update, lr, state):
     block = [proj_y, proj_w, proj_w_train, proj_w_scale]
     if update is None:
         return (lr, state), block, ConvGradOptions.from_bytes(projection.custom_options), None
-    if len(update.inputs) > 10:
-        return None  # a weight with fractional bits: the fused op takes none
+    if _has_fraction(update):
+        return None
     _, update_lr, update_state, _, y, x, w_train, w_qas, b_train, b_qas = update.inputs
     options = ConvUpdateOptions.from_bytes(update.custom_options)
     grad = ConvGradOptions.from_bytes(depthwise.custom_options)
@@ -185,6 +185,12 @@ def _block_inputs(depthwise: ir.Op, projection: ir.Op, update, lr, state):
         return None
     return ((update_lr, update_state), block + [x, w_train, w_qas, b_train, b_qas],
             ConvGradOptions.from_bytes(projection.custom_options), options)
+
+
+def _has_fraction(update: ir.Op) -> bool:
+    """Whether a TFLT_CONV_GRAD_UPDATE carries its weight's fractional bits (its 11th input), which
+    the fused op does not take."""
+    return len(update.inputs) > 10
 
 
 def _movable(ops: list, replaced: list) -> bool:
