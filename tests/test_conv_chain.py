@@ -11,7 +11,7 @@ import pytest
 from chain_cases import CHAINS, DEPTHWISE, POINTWISE, PROJECT, STEM, Layer, random_chain, random_layers
 from depthwise_cases import varied
 from tflm_train import ir
-from tflm_train.converter import lowering
+from tflm_train.converter import lowering, memory
 from tflm_train.errors import UserError
 from tflm_train.kernels_grad.conv_chain import scratch_bytes
 from tflm_train.reference import KERNELS, Executor
@@ -119,11 +119,21 @@ def test_pass_ends_runs_at_what_else_reads_an_intermediate_and_at_trainable_laye
     assert ops[0].kind == "TFLT_CONV_CHAIN" and ops[1:] == [last] and ops[0].outputs[0] is last.inputs[0]
 
 
-def test_pass_keeps_chains_that_would_raise_the_peak():
-    """A 1-channel bottleneck between wide activations: the chain would hold x and y at once."""
+def test_pass_keeps_chains_that_would_raise_the_peak(monkeypatch):
+    """A 1-channel bottleneck between wide activations: the chain would hold x and y at once where y
+    cannot be written over x."""
     squeeze = [Layer(kernel=(1, 1), channels=1), Layer(kernel=(1, 1), channels=16)]
     chain = random_chain(np.random.default_rng(4), squeeze, 16, 16, 16)
-    assert "TFLT_CONV_CHAIN" not in [op.kind for op in fused(chain)]
+    with monkeypatch.context() as patch:
+        patch.setattr(memory, "in_place_offsets", lambda graph: {})
+        assert "TFLT_CONV_CHAIN" not in [op.kind for op in fused(chain)]
+    # Where x dies in the chain, y is written over it: the chain no longer raises the peak.
+    graph = chain.graph()
+    ops = fused(chain, graph)
+    assert [op.kind for op in ops] == ["TFLT_CONV_CHAIN"]
+    graph.ops = ops
+    offsets = memory.in_place_offsets(graph)
+    assert offsets == {id(chain.x): 0, id(chain.y): 0}  # 1x1 stride-1 layers: row r over x's row r
     graph = chain.graph()
     assert_chain_is_the_layers(chain, np.random.default_rng(4), images=1)  # fusing it would still be exact
     assert lowering.conv_chain_op(graph, chain.lowered(graph)).outputs[1].size == 16

@@ -51,3 +51,25 @@ def test_buffers_are_aligned():
 def test_bad_files(payload, message):
     with pytest.raises(UserError, match=message):
         ir.load(payload)
+
+
+def test_offline_plan_round_trips_and_is_checked():
+    """Head offsets travel as TFLM's OfflineMemoryAllocation metadata, one int32 per tensor (-1 where
+    TFLM's planner places it); a count that does not match the tensors is a corrupt file."""
+    graph = ir.load(open(shared_path("models", "tflm", "person_detect.tflite"), "rb").read())
+    assert graph.arena_offsets == {}
+    first, second = graph.ops[0].inputs[0], graph.ops[0].outputs[0]
+    graph.arena_offsets = {id(first): 0, id(second): 16}
+    data = ir.emit(graph)
+    again = ir.load(data)
+    names = {id(t): t.name for t in again.tensors}
+    assert {names[k]: v for k, v in again.arena_offsets.items()} == {first.name: 0, second.name: 16}
+    assert ir.OFFLINE_PLAN_METADATA not in again.metadata and ir.emit(again) == data
+
+    hidden = ir.load(ir.without_offline_plan(data))
+    assert hidden.arena_offsets == {} and ir.OFFLINE_PLAN_METADATA.lower() in hidden.metadata
+
+    graph.arena_offsets = {}
+    graph.metadata[ir.OFFLINE_PLAN_METADATA] = np.asarray([1, 0, 3, -1, -1, -1], "<i4").tobytes()
+    with pytest.raises(UserError, match="OfflineMemoryAllocation metadata does not give one offset per tensor"):
+        ir.load(ir.emit(graph))

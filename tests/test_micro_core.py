@@ -18,7 +18,7 @@ from depthwise_cases import varied
 from micro_build import CORE_SOURCES, REPO, build_library, ptr
 from tflm_train.kernels_grad import common, conv, mean, softmax_xent, train_init, update
 from tflm_train.kernels_grad.common import F32, Window
-from tflm_train.kernels_grad.conv_chain import conv_chain
+from tflm_train.kernels_grad.conv_chain import conv_chain, in_place_offset
 from tflm_train.kernels_grad.depthwise_conv import depthwise_conv2d, depthwise_input_grad
 from tflm_train.reference.quantization import multiply_by_quantized_multiplier, quantize_multiplier
 
@@ -49,6 +49,7 @@ SIGNATURES = {
     "shim_depthwise_conv": ([P, P, P, P, I, I, P, P, P, P], None),
     "shim_conv_chain_scratch_bytes": ([P, I], ctypes.c_size_t),
     "shim_conv_chain": ([P, P, I, P, P, P], None),
+    "shim_conv_chain_in_place_offset": ([P, I], ctypes.c_int64),
     "shim_copy_leading_channels": ([P, P, I, I, I, I], None),
     "shim_next_step": ([ctypes.c_int32], ctypes.c_int32),
 }
@@ -604,6 +605,17 @@ def test_conv_chain_matches_reference(core, seed):
     expected = conv_chain(x, parameters, stages)
     np.testing.assert_array_equal(y, expected)
     assert varied(y) and (scratch[scratch_bytes:] == 0x5A).all()
+
+    # In place: y written over x as far on as both implementations allow (y before x if negative).
+    offset = in_place_offset(stages, chain.x.shape)
+    assert core.shim_conv_chain_in_place_offset(ptr(ints), len(stages)) == offset
+    offset = min(offset, x.size)
+    x_at, y_at = max(0, -offset), max(0, offset)
+    shared = np.zeros(max(x_at + x.size, y_at + y.size), np.int8)
+    shared[x_at:x_at + x.size] = x.ravel()
+    core.shim_conv_chain(ptr(ints), tensors, len(stages), shared[x_at:].ctypes.data, ptr(scratch),
+                         shared[y_at:].ctypes.data)
+    np.testing.assert_array_equal(shared[y_at:y_at + y.size].reshape(y.shape), expected)
 
 
 # ---------------------------------------------------------------- initialisation and geometry

@@ -20,7 +20,8 @@ from tflm_train.converter import lowering, metadata, pipeline
 from tflm_train.converter.scheme import LAYER_KINDS
 from tflm_train.errors import UserError
 from tflm_train.reference import Executor
-from tflm_train.schema.training_ops_generated import ParamKind
+from tflm_train.kernels_grad.conv_chain import in_place_offset
+from tflm_train.schema.training_ops_generated import ConvChainOptions, ParamKind
 from tflm_train.tflm_runner import TflmSession, run_once
 
 FLOAT_RTOL = 1e-5
@@ -194,7 +195,7 @@ def test_small_model_steps_match_reference(case):
                 np.testing.assert_array_equal(a, e)
             assert_float_close(actual[-1], expected[-1], "loss")
             assert_tensors_match(session, executor, graph, gradients=label >= 0)
-        assert session.model_bytes() == data
+        assert session.model_bytes() == ir.without_offline_plan(data)  # as given to the linear planner
     assert changed_elements(executor, graph, md) > 0
 
 
@@ -312,11 +313,11 @@ def test_real_model_inference_step_and_reset(name, reorder, rounding):
         assert actual[-1][0] > 0
         assert_trainables_match(session, executor, graph, md)
         assert changed_elements(executor, graph, md) > 0
-        assert session.model_bytes() == data
+        assert session.model_bytes() == ir.without_offline_plan(data)  # as given to the linear planner
 
         session.reset()
         assert_inference_is_the_original(session)
-        assert session.model_bytes() == data
+        assert session.model_bytes() == ir.without_offline_plan(data)  # as given to the linear planner
 
 
 def mcunet_48():
@@ -350,7 +351,10 @@ def test_mcunet_with_lowered_forward_infers_like_the_import_and_steps_like_the_r
 def test_conv_chains_train_exactly_like_the_layers_they_fuse(name, monkeypatch):
     """The same model converted with TFLT_CONV_CHAIN (person_detect's first 18 layers; MCUNet's stem
     and first blocks) and without (fusion disabled): two training steps and an inference step in
-    TFLM give the same outputs, loss and trained variables, byte for byte."""
+    TFLM give the same outputs, loss and trained variables, byte for byte. The first chain writes
+    its output over the input image (the model's offline plan, which TFLM follows; reading the
+    variables needs TFLM's linear planner, which sets the plan aside, so the outputs of the steps,
+    which each depend on the variables the steps before left, are compared with the plan too)."""
     if name == "mcunet":
         model = mcunet_48()
         with open(os.path.join(REPO, "examples", "paper_schemes", "mcunet-5fps_49kb.json")) as f:
@@ -364,6 +368,11 @@ def test_conv_chains_train_exactly_like_the_layers_they_fuse(name, monkeypatch):
     plain = convert(model, scheme)
     assert "TFLT_CONV_CHAIN" in {op.kind for op in chained[1].ops}
     assert "TFLT_CONV_CHAIN" not in {op.kind for op in plain[1].ops}
+    graph = chained[1]
+    first_chain = next(op for op in graph.ops if op.kind == "TFLT_CONV_CHAIN")
+    x, y = first_chain.inputs[0], first_chain.outputs[0]
+    assert x is graph.inputs[0] and set(graph.arena_offsets) == {id(x), id(y)}
+    assert abs(graph.arena_offsets[id(x)] - graph.arena_offsets[id(y)]) < x.nbytes  # overlapping
     steps = [training_inputs(images[0], 1, 0.05), training_inputs(images[1], 0, 0.5), training_inputs(images[0], -1, 0)]
     results = []
     for data, graph, md in (chained, plain):
@@ -371,11 +380,30 @@ def test_conv_chains_train_exactly_like_the_layers_they_fuse(name, monkeypatch):
             outputs = [session.invoke(step) for step in steps]
             results.append((outputs, [session.tensor(index) for index, _, _ in trainable_pairs(graph, md)]))
     (chained_outputs, chained_variables), (plain_outputs, plain_variables) = results
-    for a, b in zip(sum(chained_outputs, []), sum(plain_outputs, [])):
-        assert a.tobytes() == b.tobytes()
+    with TflmSession(chained[0]) as session:
+        in_place_outputs = [session.invoke(step) for step in steps]
+    for a, b, c in zip(sum(chained_outputs, []), sum(plain_outputs, []), sum(in_place_outputs, [])):
+        assert a.tobytes() == b.tobytes() == c.tobytes()
     assert [v.tobytes() for v in chained_variables] == [v.tobytes() for v in plain_variables]
     assert any((v.reshape(initial.shape) != initial).any()
                for v, (_, _, initial) in zip(chained_variables, trainable_pairs(chained[1], chained[2])))
+
+
+def test_tflm_refuses_a_chain_output_placed_over_unread_input_rows():
+    """The chain's Eval checks the offline plan: y one alignment step further into x than its rows allow
+    would overwrite image rows before the chain reads them."""
+    with open(os.path.join(REPO, "examples", "paper_schemes", "mcunet-5fps_49kb.json")) as f:
+        _, graph, _ = convert(mcunet_48(), json.load(f))
+    chain = next(op for op in graph.ops if op.kind == "TFLT_CONV_CHAIN")
+    x, y = chain.inputs[0], chain.outputs[0]
+    limit = in_place_offset(ConvChainOptions.from_bytes(chain.custom_options).stages, x.shape)
+    assert graph.arena_offsets[id(y)] - graph.arena_offsets[id(x)] <= limit
+    too_far = (limit // 16 + 1) * 16
+    graph.arena_offsets = {id(x): max(0, -too_far), id(y): max(0, too_far)}
+    image = np.zeros((1, 48, 48, 3), np.int8)
+    with TflmSession(ir.emit(graph)) as session:
+        with pytest.raises(UserError, match="TFLT_CONV_CHAIN: y overlaps x rows still to be read"):
+            session.invoke(training_inputs(image, 1, 0.05))
 
 
 # ---------------------------------------------------------------- 3. loss falls on a real binary task

@@ -36,6 +36,11 @@ _TYPE_CODES = {v: k for k, v in _DTYPES.items()}
 # as TensorFlow's converter does.
 BUFFER_ALIGNMENT = 16
 TFLITE_FILE_IDENTIFIER = b"TFL3"
+# TFLM's offline memory plan: uint32 version, subgraph, tensor count, then an int32 head offset per
+# tensor (-1: TFLM's planner places it).
+OFFLINE_PLAN_METADATA = "OfflineMemoryAllocation"
+OFFLINE_PLAN_VERSION = 1
+ONLINE_PLANNED = -1
 
 
 @dataclasses.dataclass(eq=False)
@@ -126,6 +131,9 @@ class Graph:
     description: str = ""
     name: str = ""
     signature_defs: list = dataclasses.field(default_factory=list)  # raw SignatureDefT, remapped at emit
+    # {id(tensor): arena head offset} TFLM takes from the model instead of planning (OFFLINE_PLAN_METADATA);
+    # None until planned: the arena estimate then derives them from the ops (converter/memory.py).
+    arena_offsets: Optional[dict] = None
 
     def add_tensor(self, tensor: Tensor) -> Tensor:
         self.tensors.append(tensor)
@@ -241,8 +249,28 @@ def _graph_from_model(model, raw: bytes) -> Graph:
             metadata[_name(md.name)] = _buffer_bytes(model, buffers[md.buffer], raw)
     graph = Graph(ops, [ref(i) for i in _ints(sg.inputs)], [ref(i) for i in _ints(sg.outputs)], tensors,
                   metadata, _name(model.description), _name(sg.name))
+    graph.arena_offsets = _offline_plan(metadata.pop(OFFLINE_PLAN_METADATA, None), tensors)
     graph.signature_defs = [_with_tensor_refs(sd, tensors) for sd in model.signatureDefs or []]
     return graph
+
+
+def without_offline_plan(data: bytes) -> bytes:
+    """`data` with its offline memory plan hidden from TFLM (the metadata's name changed in place, so every
+    tensor index stays): TFLM's linear planner, which keeps every tensor readable, refuses one, and
+    placing every tensor apart needs none."""
+    name = OFFLINE_PLAN_METADATA.encode()
+    prefix = len(name).to_bytes(4, "little")
+    return bytes(data).replace(prefix + name + b"\0", prefix + name.lower() + b"\0")
+
+
+def _offline_plan(payload: Optional[bytes], tensors: list) -> dict:
+    if payload is None:
+        return {}
+    words = np.frombuffer(payload[:len(payload) // 4 * 4], "<i4")
+    if len(words) < 3 or words[2] != len(tensors) or len(words) != 3 + len(tensors):
+        raise UserError(f"corrupt .tflite file: {OFFLINE_PLAN_METADATA} metadata does not give one offset per "
+                        f"tensor ({len(tensors)})")
+    return {id(t): int(o) for t, o in zip(tensors, words[3:]) if o != ONLINE_PLANNED}
 
 
 def _with_tensor_refs(sd, tensors):
@@ -369,7 +397,12 @@ def emit(graph: Graph) -> bytes:
     model.operatorCodes = codes
     model.subgraphs = [sg]
     model.metadata = []
-    for name, payload in graph.metadata.items():
+    metadata = dict(graph.metadata)
+    if graph.arena_offsets:
+        offsets = [graph.arena_offsets.get(id(t), ONLINE_PLANNED) for t in tensors]
+        metadata[OFFLINE_PLAN_METADATA] = np.asarray([OFFLINE_PLAN_VERSION, 0, len(tensors), *offsets],
+                                                     "<i4").tobytes()
+    for name, payload in metadata.items():
         md = schema.MetadataT()
         md.name = name
         md.buffer = len(buffers)

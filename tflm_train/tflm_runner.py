@@ -20,7 +20,7 @@ import weakref
 
 import numpy as np
 
-from tflm_train import native
+from tflm_train import ir, native
 from tflm_train.errors import UserError
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tflm_worker.py")
@@ -33,7 +33,9 @@ class TflmSession:
     """One interpreter over `model_bytes`, with the kernels from native.library_path().
 
     preserve_all_tensors: keep every tensor readable after invoke (TFLM's linear
-    planner, a larger arena); tensor() needs it and allocations() forbids it.
+    planner, a larger arena, and the model's own offline plan set aside, which that
+    planner cannot take: every tensor apart, the same values); tensor() needs it and
+    allocations() forbids it.
     """
 
     def __init__(self, model_bytes: bytes, arena_size: int | None = None,
@@ -42,9 +44,10 @@ class TflmSession:
             raise UserError(f"arena size must be positive, got {arena_size}")
         library = native.library_path()
         self._preserve_all_tensors = preserve_all_tensors
+        model_bytes = ir.without_offline_plan(model_bytes) if preserve_all_tensors else bytes(model_bytes)
         self._worker = _Worker()
         try:
-            info = _open(self._worker, library, bytes(model_bytes), arena_size or DEFAULT_ARENA_BYTES,
+            info = _open(self._worker, library, model_bytes, arena_size or DEFAULT_ARENA_BYTES,
                          preserve_all_tensors)
         except BaseException:
             self._worker.close()

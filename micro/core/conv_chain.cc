@@ -117,6 +117,26 @@ size_t ConvChainScratchBytes(const ConvChainStage* stages, int count) {
   return bytes;
 }
 
+int64_t ConvChainInPlaceOffset(const ConvChainStage* stages, int count) {
+  const int64_t in_row_bytes =
+      static_cast<int64_t>(stages[0].conv.geometry.in_w) *
+      stages[0].in_channels;
+  const ConvChainStage& last = stages[count - 1];
+  const int64_t out_row_bytes = OutputRowBytes(last);
+  int64_t offset = in_row_bytes * stages[0].conv.geometry.in_h;
+  for (int r = 1; r < last.conv.geometry.out_h; ++r) {
+    // The first row of x that output rows r, r + 1, ... read.
+    int row = r;
+    for (int i = count - 1; i >= 0; --i) {
+      row = stages[i].conv.geometry.InputRow(row, 0);
+      if (row < 0) row = 0;
+    }
+    const int64_t room = row * in_row_bytes - r * out_row_bytes;
+    if (room < offset) offset = room;
+  }
+  return offset;
+}
+
 void ConvChain(const ConvChainStage* stages, int count, const int8_t* x,
                int8_t* scratch, RowWindow* windows, int8_t* y) {
   for (int i = 0; i + 1 < count; ++i) {

@@ -45,9 +45,20 @@ int ChainWindowRows(const ConvChainStage* stages, int i);
 // Bytes of scratch ConvChain needs: each window, in stage order.
 size_t ConvChainScratchBytes(const ConvChainStage* stages, int count);
 
+// Largest distance in bytes from x's first byte to y's (negative: y starts
+// before x) at which ConvChain may write y over x itself, x dead after the
+// chain. An output row is written once every row it needs is computed; then
+// x's rows before the first row any later output row reads are never read
+// again, and rows pulled in order and each once make that row a function of
+// the geometry alone, so output rows 0..r-1 must end before it, for every r.
+// x's size when y has a single row. (kernels_grad/conv_chain.py's
+// in_place_offset defines it.)
+int64_t ConvChainInPlaceOffset(const ConvChainStage* stages, int count);
+
 // y = stage count-1(... stage 0(x)), x [1, H, W, C] of stage 0's input and y
 // [1, Ho, Wo, O] of the last stage's output; `scratch` holds
-// ConvChainScratchBytes, `windows` count - 1 elements.
+// ConvChainScratchBytes, `windows` count - 1 elements. y may overlap x only
+// if it starts at most ConvChainInPlaceOffset bytes after x's start.
 void ConvChain(const ConvChainStage* stages, int count, const int8_t* x,
                int8_t* scratch, RowWindow* windows, int8_t* y);
 

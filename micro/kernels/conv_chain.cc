@@ -1,6 +1,10 @@
 // TFLT_CONV_CHAIN: consecutive frozen int8 conv layers computed row by row
 // (core/conv_chain.h), so their intermediate activations exist only as row
 // windows in the op's scratch output, which TFLM plans for this op alone.
+// The converter may place y over x (an offline-planned arena offset) where x
+// dies here; Eval refuses an overlap that would overwrite rows still unread.
+#include <cstdint>
+
 #include "core/conv_chain.h"
 #include "core/training_ops_generated.h"
 #include "kernels/kernel_util.h"
@@ -22,6 +26,9 @@ struct alignas(16) OpData {
   // allocation sized by the options. The windows are Eval's working state.
   core::ConvChainStage* stages;
   core::RowWindow* windows;
+  int64_t in_place_offset;  // core::ConvChainInPlaceOffset
+  size_t x_bytes;
+  size_t y_bytes;
 };
 
 // A stage's options; its input's shape and its tensors come at Prepare.
@@ -117,6 +124,10 @@ bool PrepareStage(KernelContext& ctx, kernels::Checker& check, int base,
   return true;
 }
 
+size_t ImageBytes(const kernels::Image& image) {
+  return static_cast<size_t>(image.h) * image.w * image.c;
+}
+
 bool Validate(KernelContext& ctx, OpData& data) {
   kernels::Checker check(ctx, kName);
   const int count = static_cast<int>(data.options.stages_count);
@@ -129,6 +140,7 @@ bool Validate(KernelContext& ctx, OpData& data) {
       !check.AsImage(x, "x", DType::kInt8, false, &image)) {
     return false;
   }
+  data.x_bytes = ImageBytes(image);
   for (int i = 0; i < count; ++i) {
     if (!PrepareStage(ctx, check, 1 + kStageInputs * i, &image,
                       &data.stages[i])) {
@@ -137,12 +149,24 @@ bool Validate(KernelContext& ctx, OpData& data) {
     }
   }
   const size_t scratch_bytes = core::ConvChainScratchBytes(data.stages, count);
+  data.in_place_offset = core::ConvChainInPlaceOffset(data.stages, count);
+  data.y_bytes = ImageBytes(image);
   return check.RequiredOutput(kY, "y", &y) &&
          check.AsImage(y, "y", DType::kInt8, false, &y_image) &&
          check.ImageIs(y_image, "y", image) &&
          check.RequiredOutput(kScratch, "scratch", &scratch) &&
          check.Vector(scratch, "scratch", DType::kInt8,
                       static_cast<int>(scratch_bytes));
+}
+
+// Disjoint, or y starting at most in_place_offset bytes after x's start.
+bool SafeOverlap(const OpData& data, const int8_t* x, const int8_t* y) {
+  const uintptr_t xs = reinterpret_cast<uintptr_t>(x);
+  const uintptr_t ys = reinterpret_cast<uintptr_t>(y);
+  if (ys >= xs + data.x_bytes || xs >= ys + data.y_bytes) return true;
+  const int64_t distance = ys >= xs ? static_cast<int64_t>(ys - xs)
+                                    : -static_cast<int64_t>(xs - ys);
+  return distance <= data.in_place_offset;
 }
 
 Status Eval(KernelContext& ctx, void* op_data) {
@@ -152,6 +176,12 @@ Status Eval(KernelContext& ctx, void* op_data) {
   int8_t* y = tensors.Out<int8_t>(kY);
   int8_t* scratch = tensors.Out<int8_t>(kScratch);
   if (!tensors.ok()) return Status::kError;
+  if (!SafeOverlap(data, x, y)) {
+    ctx.Report("%s: y overlaps x rows still to be read (it may start at "
+               "most %d bytes after x)", kName,
+               static_cast<int>(data.in_place_offset));
+    return Status::kError;
+  }
   core::ConvChain(data.stages, static_cast<int>(data.options.stages_count), x,
                   scratch, data.windows, y);
   return Status::kOk;

@@ -338,6 +338,12 @@ size_t shim_conv_chain_scratch_bytes(const int32_t* stage_ints, int count) {
                                count);
 }
 
+int64_t shim_conv_chain_in_place_offset(const int32_t* stage_ints, int count) {
+  const std::vector<const void*> none(4 * count, nullptr);
+  return ConvChainInPlaceOffset(
+      ChainStages(stage_ints, none.data(), count).data(), count);
+}
+
 void shim_conv_chain(const int32_t* stage_ints, const void* const* tensors,
                      int count, const int8_t* x, int8_t* scratch, int8_t* y) {
   const std::vector<ConvChainStage> stages =

@@ -3,7 +3,8 @@
 TFLM plans every non-constant, non-variable tensor by its lifetime (producing op to
 last consuming op; graph inputs from op 0, graph outputs to the last op) and places
 them largest-first at the lowest offset that does not overlap a simultaneously live
-buffer. Variables (trainable weights, training state) live in the persistent tail.
+buffer, after those the model places itself (offline-planned offsets, which may overlap:
+in_place_offsets). Variables (trainable weights, training state) live in the persistent tail.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import numpy as np
 
 from tflm_train import ir
 from tflm_train.kernels_grad import conv_chain
+from tflm_train.kernels_grad.common import decode_options
+from tflm_train.schema.training_ops_generated import ConvChainOptions
 
 ALIGNMENT = 16
 
@@ -35,7 +38,7 @@ OP_DATA_BYTES = {
     "TFLT_TRAIN_INIT": 16, "TFLT_SOFTMAX_XENT": 16, "TFLT_CONV_2D_SPLIT": 160, "TFLT_DEPTHWISE_CONV_2D": 128,
     "TFLT_CONV_GRAD_UPDATE": 144, "TFLT_CONV_INPUT_GRAD": 144, "TFLT_DEPTHWISE_INPUT_GRAD": 112,
     "TFLT_MEAN_GRAD": 16, "TFLT_CONV_WEIGHT_GRAD": 144, "TFLT_BIAS_GRAD": 80, "TFLT_SGD_UPDATE": 32,
-    "TFLT_ACTIVATION_MASK": 16, "TFLT_CONV_CHAIN": 32, "TFLT_DEPTHWISE_POINTWISE_GRAD": 288,
+    "TFLT_ACTIVATION_MASK": 16, "TFLT_CONV_CHAIN": 48, "TFLT_DEPTHWISE_POINTWISE_GRAD": 288,
 }
 OTHER_OP_DATA_BYTES = 64      # a kind not calibrated above
 # TFLT_CONV_CHAIN's second allocation: per stage a core::ConvChainStage, and a RowWindow but for the last.
@@ -59,6 +62,7 @@ class Lifetime:
     first: int
     last: int
     size: int
+    offset: int = None          # offline-planned head offset, or None (TFLM's planner places it)
 
 
 @dataclasses.dataclass
@@ -67,11 +71,39 @@ class MemoryEstimate:
     planned_bytes: int
     variable_bytes: int
     overhead_bytes: int
-    timeline: list              # per op: bytes of planned tensors live during it
+    timeline: list              # per op: bytes the planned tensors live during it occupy
+
+
+def in_place_offsets(graph: ir.Graph) -> dict:
+    """{id(tensor): head offset} placing each TFLT_CONV_CHAIN's output over its input where the input dies
+    there, as far on as the chain allows (kernels_grad/conv_chain.in_place_offset, rounded down to the
+    arena's alignment), and only where they overlap. TFLM plans tensors apart, so such a pair needs offsets
+    of the model's own; the input must be a graph input or such an output, whose place is free to choose."""
+    readers = ir.readers(graph.ops)
+    outputs = {id(t) for t in graph.outputs}
+    relative = {id(t): None for t in graph.inputs}
+    for i, op in enumerate(graph.ops):
+        x, y = (op.inputs[0], op.outputs[0]) if op.kind == "TFLT_CONV_CHAIN" else (None, None)
+        if x is None or id(x) not in relative or id(x) in outputs or readers[id(x)][-1][0] != i:
+            continue
+        limit = conv_chain.in_place_offset(decode_options(ConvChainOptions, op)["stages"], x.shape)
+        distance = min(limit, 0) // ALIGNMENT * ALIGNMENT
+        if distance + y.nbytes > 0:
+            relative[id(x)] = relative[id(x)] or 0
+            relative[id(y)] = relative[id(x)] + distance
+    placed = {key: offset for key, offset in relative.items() if offset is not None}
+    base = min(placed.values(), default=0)
+    return {key: offset - base for key, offset in placed.items()}
+
+
+def arena_offsets(graph: ir.Graph) -> dict:
+    """The model's own head offsets: those it carries, or for a graph not planned yet, in_place_offsets."""
+    return in_place_offsets(graph) if graph.arena_offsets is None else graph.arena_offsets
 
 
 def lifetimes(graph: ir.Graph) -> list:
-    """Arena tensors in tensor order with [first, last] op indices, as TFLM's allocation info builds them."""
+    """Arena tensors in tensor order with [first, last] op indices and offline offsets, as TFLM's allocation
+    info builds them."""
     last_op = max(len(graph.ops) - 1, 0)
     first: dict = {id(t): 0 for t in graph.inputs}
     last: dict = {id(t): last_op for t in graph.outputs}
@@ -82,19 +114,23 @@ def lifetimes(graph: ir.Graph) -> list:
         for t in op.inputs:
             if t is not None:
                 last[id(t)] = max(last.get(id(t), i), i)
+    offsets = arena_offsets(graph)
     out = []
     for t in graph.referenced_tensors():
         if t.is_variable or t.data is not None or id(t) not in first:
             continue
-        out.append(Lifetime(t, first[id(t)], max(last.get(id(t), first[id(t)]), first[id(t)]), align(t.nbytes)))
+        out.append(Lifetime(t, first[id(t)], max(last.get(id(t), first[id(t)]), first[id(t)]), align(t.nbytes),
+                            offsets.get(id(t))))
     return out
 
 
 def greedy_offsets(buffers: list) -> tuple:
-    """TFLM's greedy planner: largest first (later-added first among equals), first gap that fits."""
-    order = sorted(range(len(buffers)), key=lambda i: (-buffers[i].size, -i))
-    placed: list = []           # (offset, lifetime), kept sorted by offset
-    offsets = [0] * len(buffers)
+    """TFLM's greedy planner: offline-planned buffers where the model puts them, then the others largest
+    first (later-added first among equals), each in the first gap that fits."""
+    offline = [i for i, b in enumerate(buffers) if b.offset is not None]
+    placed = sorted(((buffers[i].offset, buffers[i]) for i in offline), key=lambda e: e[0])
+    offsets = [b.offset or 0 for b in buffers]
+    order = sorted((i for i, b in enumerate(buffers) if b.offset is None), key=lambda i: (-buffers[i].size, -i))
     for i in order:
         b = buffers[i]
         candidate = 0
@@ -113,11 +149,21 @@ def greedy_offsets(buffers: list) -> tuple:
 
 def estimate(graph: ir.Graph) -> MemoryEstimate:
     buffers = lifetimes(graph)
-    _, planned = greedy_offsets(buffers)
-    timeline = [sum(b.size for b in buffers if b.first <= i <= b.last) for i in range(len(graph.ops))]
+    offsets, planned = greedy_offsets(buffers)
+    timeline = [_occupied([(offsets[k], b.size) for k, b in enumerate(buffers) if b.first <= i <= b.last])
+                for i in range(len(graph.ops))]
     variables = sum(align(t.nbytes) for t in graph.referenced_tensors() if t.is_variable)
     overhead = bookkeeping_bytes(graph)
     return MemoryEstimate(planned + variables + overhead, planned, variables, overhead, timeline)
+
+
+def _occupied(extents: list) -> int:
+    """Bytes covered by (offset, size) extents, an overlap counted once."""
+    total, end = 0, 0
+    for offset, size in sorted(extents):
+        total += max(0, offset + size - max(offset, end))
+        end = max(end, offset + size)
+    return total
 
 
 def drop_unpaid(candidates: dict, arena, order) -> dict:
@@ -165,7 +211,8 @@ def lower_bound(graph: ir.Graph) -> int:
     bound is the largest such set over all ops, plus the variables (resident throughout),
     with exact, unaligned sizes and no interpreter bookkeeping. Ordering constraints
     through variables (an update after the reads of its weight) are ignored, which only
-    admits more orders and so keeps the bound valid.
+    admits more orders and so keeps the bound valid. A TFLT_CONV_CHAIN may write its output
+    over its input (in_place_offsets), so there the two count as the least they can occupy.
     """
     ops = graph.ops
     producer = {id(t): i for i, op in enumerate(ops) for t in op.outputs if t is not None}
@@ -200,5 +247,17 @@ def lower_bound(graph: ir.Graph) -> int:
         for i in range(len(ops)):
             if resident >> i & 1:
                 live[i] += t.nbytes
+    for i, op in enumerate(ops):
+        if op.kind == "TFLT_CONV_CHAIN" and id(op.inputs[0]) not in outputs:
+            live[i] -= _in_place_saving(op)
     variables = sum(t.nbytes for t in graph.referenced_tensors() if t.is_variable)
     return variables + max(live, default=0)
+
+
+def _in_place_saving(chain: ir.Op) -> int:
+    """Bytes of x and y a chain's output written over its input saves at best: y placed as far on
+    into x as it may go, or at x's start."""
+    x, y = chain.inputs[0], chain.outputs[0]
+    limit = conv_chain.in_place_offset(decode_options(ConvChainOptions, chain)["stages"], x.shape)
+    footprint = max(x.nbytes, y.nbytes) if limit >= 0 else max(x.nbytes - limit, y.nbytes)
+    return max(0, x.nbytes + y.nbytes - footprint)

@@ -1,5 +1,6 @@
 """The conversion pipeline: load → trainables → autodiff (pruned) → schedule → rewrite forward → lower →
-pack activation masks → fuse depthwise → pointwise gradients → recompute saved activations → emit."""
+pack activation masks → fuse depthwise → pointwise gradients → recompute saved activations → place conv
+chains in place → emit."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +8,7 @@ import dataclasses
 import numpy as np
 
 from tflm_train import ir
-from tflm_train.converter import fused_grads, layers, lowering, masks, metadata, recompute, scheme as schemes
+from tflm_train.converter import fused_grads, layers, lowering, masks, memory, metadata, recompute, scheme as schemes
 from tflm_train.converter.autodiff import GradContext, TrainingIO, differentiate, tensors_needing_grad
 from tflm_train.converter.schedule import schedule
 from tflm_train.converter.trainables import make_params
@@ -36,6 +37,7 @@ def convert(graph: ir.Graph, scheme_source: dict, options: ConvertOptions = Conv
     if options.rounding not in ROUNDING_NAMES:
         raise UserError(f"unknown rounding {options.rounding!r} (nearest or stochastic)")
     _check_forward_model(graph)
+    graph.arena_offsets = None  # the forward model's own plan would not fit the training graph
     logits = _find_logits(graph)
     classifier = _find_classifier(graph, logits)
     scheme = schemes.resolve(scheme_source, graph, classifier)
@@ -77,6 +79,7 @@ def convert(graph: ir.Graph, scheme_source: dict, options: ConvertOptions = Conv
     image_inputs = list(graph.inputs)
     graph.inputs = image_inputs + [io.label, io.learning_rate]
     graph.outputs = list(graph.outputs) + [io.loss]
+    graph.arena_offsets = memory.in_place_offsets(graph)
     metadata.attach(graph, io, image_inputs, logits, params, scheme_json, options)
     return graph
 

@@ -46,6 +46,26 @@ def scratch_bytes(stages: list, kernel_heights: list) -> int:
                for rows, stage in zip(window_rows(stages, kernel_heights), stages))
 
 
+def in_place_offset(stages: list, x_shape: tuple) -> int:
+    """Largest distance in bytes from x's first byte to y's (negative: y starts before x) at which the
+    chain may write y over x itself (x dead after it); x's size when y has a single row.
+
+    The chain pulls every row in order and once, and writes an output row once all rows it needs are
+    computed; x's rows before the first row that any later output row reads are then never read
+    again. That row is each stage's first input row of the first row read above, down from the last
+    stage (clipped at 0), so output rows 0..r-1 must end before it, for every r."""
+    in_row_bytes = int(x_shape[2]) * int(x_shape[3])
+    last = stages[-1]
+    out_row_bytes = last.output_width * last.output_channels
+    offset = int(x_shape[1]) * in_row_bytes
+    for r in range(1, last.output_height):
+        row = r
+        for stage in reversed(stages):
+            row = max(row * stage.stride_h - stage.pad_top, 0)
+        offset = min(offset, row * in_row_bytes - r * out_row_bytes)
+    return offset
+
+
 @kernel("TFLT_CONV_CHAIN")
 def conv_chain_kernel(op, args):
     stages = decode_options(ConvChainOptions, op)["stages"]
