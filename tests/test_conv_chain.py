@@ -97,13 +97,29 @@ WIDE_HEAD = [Layer(strides=(2, 2), channels=16), DEPTHWISE, Layer(kernel=(1, 1),
              Layer(kernel=(1, 1), channels=8, activation=0)]
 
 
-def test_pass_fuses_a_frozen_run_into_one_chain():
+def test_pass_fuses_a_frozen_run_into_chains():
     chain = random_chain(np.random.default_rng(2), WIDE_HEAD, 24, 24, 3)
     ops = fused(chain)
-    assert [op.kind for op in ops] == ["TFLT_CONV_CHAIN"]
-    options = ConvChainOptions.from_bytes(ops[0].custom_options)
-    assert [s.depthwise for s in options.stages] == [False, True, False, False, True, False]
-    assert ops[0].role == "forward" and ops[0].outputs[0] is chain.y
+    assert {op.kind for op in ops} == {"TFLT_CONV_CHAIN"} and len(ops) < len(WIDE_HEAD)
+    stages = [s for op in ops for s in ConvChainOptions.from_bytes(op.custom_options).stages]
+    assert [s.depthwise for s in stages] == [False, True, False, False, True, False]
+    assert all(op.role == "forward" for op in ops) and ops[-1].outputs[0] is chain.y
+    assert all(b.inputs[0] is a.outputs[0] for a, b in zip(ops, ops[1:]))
+
+
+def test_pass_cuts_a_chain_at_a_narrow_activation():
+    """The whole run would hold the image beside all its windows, the 48-channel expansion's among
+    them; cut at the 8-channel block output, the first part's small windows sit beside the image,
+    the second part's beside that output, which it writes over."""
+    chain = random_chain(np.random.default_rng(2), WIDE_HEAD, 24, 24, 3)
+    graph = chain.graph()
+    ops = fused(chain, graph)
+    narrow = chain.convs[2].outputs[0]
+    assert [op.kind for op in ops] == ["TFLT_CONV_CHAIN"] * 2
+    assert ops[0].inputs[0] is chain.x and ops[0].outputs[0] is narrow
+    assert ops[1].inputs[0] is narrow and ops[1].outputs[0] is chain.y
+    graph.ops = ops
+    assert set(memory.in_place_offsets(graph)) == {id(chain.x), id(narrow), id(chain.y)}
 
 
 def test_pass_ends_runs_at_what_else_reads_an_intermediate_and_at_trainable_layers():
@@ -116,7 +132,8 @@ def test_pass_ends_runs_at_what_else_reads_an_intermediate_and_at_trainable_laye
     last = chain.convs[-1]
     last.inputs[1] = ir.Tensor("w_var", last.inputs[1].shape, np.int8, quant=last.inputs[1].quant, is_variable=True)
     ops = fused(chain)
-    assert ops[0].kind == "TFLT_CONV_CHAIN" and ops[1:] == [last] and ops[0].outputs[0] is last.inputs[0]
+    assert {op.kind for op in ops[:-1]} == {"TFLT_CONV_CHAIN"} and ops[-1] is last
+    assert ops[-2].outputs[0] is last.inputs[0]
 
 
 def test_pass_keeps_chains_that_would_raise_the_peak(monkeypatch):

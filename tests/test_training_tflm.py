@@ -371,7 +371,7 @@ def test_conv_chains_train_exactly_like_the_layers_they_fuse(name, monkeypatch):
     graph = chained[1]
     first_chain = next(op for op in graph.ops if op.kind == "TFLT_CONV_CHAIN")
     x, y = first_chain.inputs[0], first_chain.outputs[0]
-    assert x is graph.inputs[0] and set(graph.arena_offsets) == {id(x), id(y)}
+    assert x is graph.inputs[0] and {id(x), id(y)} <= set(graph.arena_offsets)
     assert abs(graph.arena_offsets[id(x)] - graph.arena_offsets[id(y)]) < x.nbytes  # overlapping
     steps = [training_inputs(images[0], 1, 0.05), training_inputs(images[1], 0, 0.5), training_inputs(images[0], -1, 0)]
     results = []

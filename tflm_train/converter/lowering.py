@@ -83,6 +83,21 @@ def fuse_conv_chains(graph: ir.Graph, ops: list) -> list:
         peak = forward_peak(trial)
         if peak <= best:
             kept, best = trial, peak
+    # A chain holds its input (which its output may be written over: memory.in_place_offsets) beside all
+    # its windows: a cut at a narrow activation lets the first part's windows sit beside the input and
+    # the second's beside that activation. Each cut is kept only where the peak drops, the best first.
+    pending = list(kept)
+    while pending:
+        run, _ = kept[pending.pop()]
+        cuts = []
+        for k in range(2, len(run) - 1):
+            trial = {**kept, id(run[0]): (run[:k], conv_chain_op(staging, run[:k])),
+                     id(run[k]): (run[k:], conv_chain_op(staging, run[k:]))}
+            cuts.append((forward_peak(trial), k, trial))
+        peak, k, trial = min(cuts, key=lambda c: c[:2], default=(best, 0, None))
+        if peak < best:
+            kept, best = trial, peak
+            pending += [id(run[0]), id(run[k])]
     used = {id(t) for _, chain in kept.values() for t in chain.inputs + chain.outputs}
     graph.tensors += [t for t in staging.tensors if id(t) in used]
     return _with_chains(ops, kept)
