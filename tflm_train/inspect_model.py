@@ -12,16 +12,9 @@ ROLES = ("init", "forward", "loss", "backward", "update")
 
 def report(graph: ir.Graph) -> dict:
     md = metadata.read(graph)
-    tensors = graph.referenced_tensors()
-    trainables = []
-    if md is not None:
-        for t in md.trainables:
-            var = tensors[t.variable]
-            trainables.append({"name": var.name, "layer": t.layer_name, "kind": "bias" if t.kind else "weight",
-                               "shape": list(var.shape), "dtype": var.dtype.name, "bytes": var.nbytes})
-            if t.fraction >= 0:
-                trainables.append({"name": tensors[t.fraction].name, "layer": t.layer_name, "kind": "fraction",
-                                   "shape": list(var.shape), "dtype": "int8", "bytes": var.size})
+    trainables = [{"name": t.name, "layer": layer, "kind": kind, "shape": list(t.shape), "dtype": t.dtype.name,
+                   "bytes": t.nbytes}
+                  for kind, layer, t in (metadata.trainable_arena_tensors(graph, md) if md is not None else [])]
     counts = collections.Counter(op.role for op in graph.ops)
     est = memory.estimate(graph)
     return {

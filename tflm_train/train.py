@@ -95,7 +95,7 @@ def train(model_bytes: bytes, train_set: Dataset, eval_set: Dataset, config: Tra
         trained = {tensors[t.variable].name: session.tensor(t.variable).reshape(tensors[t.variable].shape)
                    for t in md.trainables}
     metrics = {
-        "model": _model_info(model_bytes, md, variables),
+        "model": _model_info(model_bytes, graph, md, variables),
         "data": {"train": train_set.source, "train_samples": len(train_set),
                  "eval": eval_set.source, "eval_samples": len(eval_set)},
         "config": dataclasses.asdict(config),
@@ -130,14 +130,12 @@ def _class_output(session: TflmSession, num_classes: int, dataset: Dataset) -> i
     raise UserError(f"the model has no output with {num_classes} class scores")
 
 
-def _model_info(model_bytes: bytes, md, variables: list) -> dict:
+def _model_info(model_bytes: bytes, graph: ir.Graph, md, variables: list) -> dict:
     return {"sha256": states.model_sha256(model_bytes), "bytes": len(model_bytes),
             "scheme": json.loads(md.scheme_json), "rounding": "stochastic" if md.rounding == Rounding.STOCHASTIC else "nearest",
             "qas": bool(md.qas), "reordered": bool(md.reordered),
             "trainable_tensors": len(variables),
-            # A weight's fractional bits are one more byte per element.
-            "trainable_bytes": sum(var.nbytes for var, _ in variables)
-            + sum(var.size for (var, _), t in zip(variables, md.trainables) if t.fraction >= 0)}
+            "trainable_bytes": sum(t.nbytes for _, _, t in metadata.trainable_arena_tensors(graph, md))}
 
 
 def save_metrics(path: str, metrics: dict) -> None:

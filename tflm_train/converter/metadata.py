@@ -52,3 +52,15 @@ def read(graph: ir.Graph) -> Optional[TrainingMetadata]:
     for op, role in zip(graph.ops, md.op_roles):
         op.role = ROLE_NAMES.get(OpRole(role), "forward")
     return md
+
+
+def trainable_arena_tensors(graph: ir.Graph, md) -> list:
+    """(kind, layer name, tensor) of every arena tensor training updates, in metadata order: each
+    trainable's variable ("weight" or "bias"), then its fractional bits ("fraction") if it has them."""
+    tensors = graph.referenced_tensors()
+    out = []
+    for t in md.trainables:
+        out.append(("bias" if t.kind else "weight", t.layer_name, tensors[t.variable]))
+        if t.fraction >= 0:
+            out.append(("fraction", t.layer_name, tensors[t.fraction]))
+    return out
