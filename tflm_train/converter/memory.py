@@ -18,6 +18,9 @@ from tflm_train.kernels_grad.common import decode_options
 from tflm_train.schema.training_ops_generated import ConvChainOptions
 
 ALIGNMENT = 16
+# plan_arena's search: orders tried beyond TFLM's own, and the largest graph it searches.
+PLAN_TRIALS = 200
+PLAN_MAX_BUFFERS = 400
 
 # Persistent bookkeeping in the tail, calibrated against the pinned tflite-micro
 # wheel (x86-64, 64-bit pointers: a 32-bit MCU needs less) with
@@ -96,6 +99,32 @@ def in_place_offsets(graph: ir.Graph) -> dict:
     return {key: offset - base for key, offset in placed.items()}
 
 
+def plan_arena(graph: ir.Graph) -> dict:
+    """{id(tensor): head offset} for every planned tensor, for the model to carry: TFLM's greedy placement
+    leaves gaps (up to ~6 KB on the paper models' training steps), and it follows a plan the model gives.
+    The in-place pairs stay where in_place_offsets puts them; the others are placed as TFLM would, in the
+    best of TFLM's own order and PLAN_TRIALS orders by randomly weighted size (seeded: a model always
+    gets the same plan). Only where that beats TFLM's order; a graph with more than PLAN_MAX_BUFFERS
+    buffers (a full update, megabytes) keeps TFLM's placement."""
+    buffers = lifetimes(dataclasses.replace(graph, arena_offsets=in_place_offsets(graph)))
+    fixed = {id(b.tensor): b.offset for b in buffers if b.offset is not None}
+    free = [i for i, b in enumerate(buffers) if b.offset is None]
+    if len(buffers) > PLAN_MAX_BUFFERS:
+        return fixed
+    best_offsets, best = greedy_offsets(buffers)
+    tflm = best
+    rng = np.random.default_rng(0)
+    for _ in range(PLAN_TRIALS):
+        weights = rng.uniform(0.0, 2.0, len(buffers))
+        order = sorted(free, key=lambda i: -buffers[i].size * weights[i])
+        offsets, total = greedy_offsets(buffers, order)
+        if total < best:
+            best_offsets, best = offsets, total
+    if best == tflm:
+        return fixed
+    return {id(b.tensor): offset for b, offset in zip(buffers, best_offsets)}
+
+
 def arena_offsets(graph: ir.Graph) -> dict:
     """The model's own head offsets: those it carries, or for a graph not planned yet, in_place_offsets."""
     return in_place_offsets(graph) if graph.arena_offsets is None else graph.arena_offsets
@@ -124,13 +153,15 @@ def lifetimes(graph: ir.Graph) -> list:
     return out
 
 
-def greedy_offsets(buffers: list) -> tuple:
-    """TFLM's greedy planner: offline-planned buffers where the model puts them, then the others largest
-    first (later-added first among equals), each in the first gap that fits."""
+def greedy_offsets(buffers: list, order: list = None) -> tuple:
+    """TFLM's greedy planner: offline-planned buffers where the model puts them, then the others in
+    `order` (by default TFLM's: largest first, later-added first among equals), each in the first gap
+    that fits."""
     offline = [i for i, b in enumerate(buffers) if b.offset is not None]
     placed = sorted(((buffers[i].offset, buffers[i]) for i in offline), key=lambda e: e[0])
     offsets = [b.offset or 0 for b in buffers]
-    order = sorted((i for i, b in enumerate(buffers) if b.offset is None), key=lambda i: (-buffers[i].size, -i))
+    if order is None:
+        order = sorted((i for i, b in enumerate(buffers) if b.offset is None), key=lambda i: (-buffers[i].size, -i))
     for i in order:
         b = buffers[i]
         candidate = 0

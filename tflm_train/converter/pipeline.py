@@ -1,6 +1,6 @@
 """The conversion pipeline: load → trainables → autodiff (pruned) → schedule → rewrite forward → lower →
-pack activation masks → fuse depthwise → pointwise gradients → recompute saved activations → place conv
-chains in place → emit."""
+pack activation masks → fuse depthwise → pointwise gradients → recompute saved activations → plan the
+arena (conv chains in place) → emit."""
 from __future__ import annotations
 
 import dataclasses
@@ -79,7 +79,7 @@ def convert(graph: ir.Graph, scheme_source: dict, options: ConvertOptions = Conv
     image_inputs = list(graph.inputs)
     graph.inputs = image_inputs + [io.label, io.learning_rate]
     graph.outputs = list(graph.outputs) + [io.loss]
-    graph.arena_offsets = memory.in_place_offsets(graph)
+    graph.arena_offsets = memory.plan_arena(graph)
     metadata.attach(graph, io, image_inputs, logits, params, scheme_json, options)
     return graph
 
