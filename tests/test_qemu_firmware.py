@@ -19,7 +19,8 @@ EXPECTED_OPS = {"TFLT_TRAIN_INIT", "TFLT_CONV_2D_SPLIT", "TFLT_SOFTMAX_XENT", "T
                 "TFLT_DEPTHWISE_POINTWISE_GRAD", "TFLT_DEPTHWISE_POINTWISE_GRAD (block)",
                 "TFLT_CONV_WEIGHT_GRAD (depthwise)", "TFLT_BIAS_GRAD", "TFLT_SGD_UPDATE (weight)",
                 "TFLT_SGD_UPDATE (bias)", "TFLT_CONV_INPUT_GRAD (split conv)",
-                "TFLT_CONV_GRAD_UPDATE (split conv)"}
+                "TFLT_CONV_GRAD_UPDATE (split conv)", "TFLT_DEPTHWISE_CONV_2D", "TFLT_ACTIVATION_MASK",
+                "TFLT_CONV_CHAIN", "TFLT_CONV_CHAIN (in place)"}
 RAM_LIMIT = 256 * 1024
 
 

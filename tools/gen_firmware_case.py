@@ -18,13 +18,26 @@ parameters), the depthwise layer's conventional (weight grad, bias grad, SGD
 update) schedule, then the first conv's input gradient and fused update. The
 builtin forward ops (depthwise, mean, FC) run in
 TFLM, not in the training ops, so their outputs y2, p and logits are inputs of
-the case. The firmware (micro/tests/firmware/main.cc) runs the same ops through
+the case (y2 drawn at random, some outputs clamped: not layer 2's forward of y1).
+
+Right after the split CONV_2D, three forward ops the converter emits for other
+models, off the model's path: TFLT_DEPTHWISE_CONV_2D (layer 2's forward of y1
+as the converter lowers a DEPTHWISE_CONV_2D), TFLT_ACTIVATION_MASK (y2's ReLU6
+mask, packed), and TFLT_CONV_CHAIN on its own image
+    xc [11,10,3] -> CONV_2D 3x3/2 SAME + ReLU6 [6,5,4] -> DEPTHWISE_CONV_2D
+       3x3/1 SAME x2 + ReLU6 [6,5,8] -> CONV_2D 1x1 [6,5,5]
+(MCUNet's stem, a block's depthwise layer and its projection), once into its
+own buffer and once in place: y written over xc as far on as the chain allows,
+which for this geometry is before xc's start, y overlapping xc.
+
+The firmware (micro/tests/firmware/main.cc) runs the same ops through
 micro/core and compares every result with the arrays here bit for bit (the
 loss, which may use any libm logf, within a tolerance).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 from pathlib import Path
 
@@ -35,14 +48,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tflm_train.kernels_grad.common import F32, resolve_padding, table_fields  # noqa: E402
 from tflm_train.kernels_grad.conv import bias_grad, conv2d_split, conv_grad_update, conv_input_grad, \
     conv_weight_grad  # noqa: E402
-from tflm_train.kernels_grad.depthwise_conv import depthwise_input_grad  # noqa: E402
+from tflm_train.kernels_grad.conv_chain import conv_chain, in_place_offset, scratch_bytes  # noqa: E402
+from tflm_train.kernels_grad.depthwise_conv import depthwise_conv2d, depthwise_input_grad  # noqa: E402
 from tflm_train.kernels_grad.depthwise_pointwise import Block, depthwise_pointwise_grad  # noqa: E402
+from tflm_train.kernels_grad.mask import pack_activation_mask  # noqa: E402
 from tflm_train.kernels_grad.mean import mean_grad  # noqa: E402
 from tflm_train.kernels_grad.softmax_xent import softmax_xent  # noqa: E402
 from tflm_train.kernels_grad.train_init import train_init  # noqa: E402
 from tflm_train.kernels_grad.update import sgd_update  # noqa: E402
 from tflm_train.reference.quantization import quantize_multiplier  # noqa: E402
-from tflm_train.schema.training_ops_generated import ConvGradOptions, ConvUpdateOptions, Rounding  # noqa: E402
+from tflm_train.schema.training_ops_generated import ConvChainStage, ConvGradOptions, ConvUpdateOptions, \
+    Rounding  # noqa: E402
 
 H = W = 8          # input image
 C0, C1, CLASSES = 3, 8, 4
@@ -53,7 +69,16 @@ LR = F32(0.1)
 # Parameter ids of the stochastic-rounding hash, as the converter numbers parameters.
 W1_ID, B1_ID, W2_ID, B2_ID, W3_ID, B3_ID = range(6)
 
-_C_TYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.int32): "int32_t", np.dtype(np.float32): "float"}
+# A TFLT_CONV_CHAIN layer: `width` is a conv's output channels or a depthwise layer's depth
+# multiplier; SAME padding, square kernel and stride.
+ChainLayer = collections.namedtuple("ChainLayer", "depthwise kernel stride width relu6")
+# Like tests/chain_cases.py's STEM, DEPTHWISE (here with depth multiplier 2), PROJECT.
+CHAIN_LAYERS = (ChainLayer(False, 3, 2, 4, True), ChainLayer(True, 3, 1, 2, True),
+                ChainLayer(False, 1, 1, 5, False))
+CHAIN_IMAGE = (11, 10, 3)  # H, W, C: odd and unequal sides, so the stem pads rows and columns differently
+
+_C_TYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.uint8): "uint8_t", np.dtype(np.int32): "int32_t",
+            np.dtype(np.float32): "float"}
 
 
 def _literal(value, dtype) -> str:
@@ -74,6 +99,19 @@ class Header:
         body = ", ".join(_literal(v, values.dtype) for v in values.reshape(-1))
         qualifier = "" if mutable else "const "
         self.lines.append(f"{qualifier}{c_type} {name}[{values.size}] = {{{body}}};")
+
+    def arrays(self, name: str, values: list) -> None:
+        """Arrays name0, name1, ... and `name`, the table of pointers to them."""
+        for i, value in enumerate(values):
+            self.array(f"{name}{i}", value)
+        c_type = _C_TYPES[np.asarray(values[0]).dtype]
+        names = ", ".join(f"{name}{i}" for i in range(len(values)))
+        self.lines.append(f"const {c_type}* const {name}[{len(values)}] = {{{names}}};")
+
+    def table(self, name: str, rows: list) -> None:
+        """constexpr int name[rows][columns]."""
+        body = ", ".join("{" + ", ".join(str(int(v)) for v in row) + "}" for row in rows)
+        self.lines.append(f"constexpr int {name}[{len(rows)}][{len(rows[0])}] = {{{body}}};")
 
     def scalar(self, name: str, value) -> None:
         value = np.asarray(value)
@@ -102,6 +140,103 @@ def _require_change(name: str, before, after) -> None:
         raise SystemExit(f"the case does not change {name}: pick another seed or learning rate")
 
 
+def _require_varied(name: str, y) -> None:
+    """A forward output worth comparing: not clamped to a few values."""
+    if len(np.unique(y)) < min(8, y.size // 3):
+        raise SystemExit(f"the case's {name} is nearly constant: pick another seed or other scales")
+
+
+def _requantization(x_scale, w_scale, y_scale) -> tuple:
+    """Per output channel (multiplier, shift) int32 arrays of a layer's x_scale * w_scale / y_scale."""
+    pairs = [quantize_multiplier(float(x_scale) * float(s) / float(y_scale)) for s in w_scale]
+    multiplier, shift = zip(*pairs)
+    return np.array(multiplier, np.int32), np.array(shift, np.int32)
+
+
+def _chain_stage(rng, layer: ChainLayer, x, x_scale, x_zero_point) -> tuple:
+    """(ConvChainStage, (w, bias, multiplier, shift), y's scale) of `layer` reading int8 x; y's scale
+    spreads the layer's outputs on x about +-40 steps around its zero point (as tests/chain_cases.py
+    does), so that they vary instead of all saturating."""
+    _, height, width, channels = x.shape
+    out_h, pad_top = resolve_padding("SAME", height, layer.kernel, layer.stride, 1)
+    out_w, pad_left = resolve_padding("SAME", width, layer.kernel, layer.stride, 1)
+    taps = layer.kernel * layer.kernel
+    if layer.depthwise:
+        out_c = channels * layer.width
+        w = _int8(rng, (1, layer.kernel, layer.kernel, out_c))
+    else:
+        out_c, taps = layer.width, taps * channels
+        w = _int8(rng, (out_c, layer.kernel, layer.kernel, channels))
+    w_scale = _scales(rng, out_c, 0.005, 0.02)
+    spread = max(float(np.std(x.astype(np.float64) - x_zero_point)), 1.0)
+    accumulator = int(spread * 73 * np.sqrt(taps))
+    y_scale = F32(float(x_scale) * float(np.median(w_scale)) * accumulator / 40)
+    y_zero_point = int(rng.integers(-30, 31))
+    act_min, act_max = (y_zero_point, min(127, y_zero_point + round(6 / float(y_scale)))) if layer.relu6 \
+        else (-128, 127)
+    stage = ConvChainStage(depthwise=layer.depthwise, stride_h=layer.stride, stride_w=layer.stride,
+                           pad_top=pad_top, pad_left=pad_left, x_zero_point=x_zero_point,
+                           y_zero_point=y_zero_point, act_min=act_min, act_max=act_max,
+                           depth_multiplier=layer.width if layer.depthwise else 1, output_height=out_h,
+                           output_width=out_w, output_channels=out_c)
+    bias = rng.integers(-accumulator, accumulator, size=out_c).astype(np.int32)
+    return stage, (w, bias, *_requantization(x_scale, w_scale, y_scale)), y_scale
+
+
+def _stage_rows(x_shape, stages: list, kernels: list) -> tuple:
+    """Per stage its geometry (int[12] as micro/tests/firmware/main.cc reads it) and its int[8]
+    depthwise, in_channels, out_channels, depth_multiplier, x_zero_point, y_zero_point, act_min,
+    act_max."""
+    geometries, others = [], []
+    _, height, width, channels = x_shape
+    for stage, kernel in zip(stages, kernels):
+        geometries.append([height, width, stage.output_height, stage.output_width, kernel, kernel, stage.stride_h,
+                           stage.stride_w, stage.dilation_h, stage.dilation_w, stage.pad_top, stage.pad_left])
+        others.append([stage.depthwise, channels, stage.output_channels, stage.depth_multiplier,
+                       stage.x_zero_point, stage.y_zero_point, stage.act_min, stage.act_max])
+        height, width, channels = stage.output_height, stage.output_width, stage.output_channels
+    return geometries, others
+
+
+def _in_place_layout(offset: int, x_size: int, y_size: int) -> tuple:
+    """(x's start, y's start, bytes) of one buffer holding x and y, y starting `offset` bytes after x
+    (before it if negative), as far on as x's end (tests/test_micro_core.py lays it out alike)."""
+    offset = min(offset, x_size)
+    x_at, y_at = max(0, -offset), max(0, offset)
+    return x_at, y_at, max(x_at + x_size, y_at + y_size)
+
+
+def add_conv_chain(out: Header, seed: int) -> None:
+    """TFLT_CONV_CHAIN's case: its image, stages and parameters, scratch size, in-place layout and y."""
+    rng = np.random.default_rng(seed + 2000)
+    x = _int8(rng, (1, *CHAIN_IMAGE))
+    value, scale, zero_point = x, F32(0.02), -5
+    stages, parameters = [], []
+    for layer in CHAIN_LAYERS:
+        stage, stage_parameters, scale = _chain_stage(rng, layer, value, scale, zero_point)
+        value, zero_point = conv_chain(value, [stage_parameters], [stage]), stage.y_zero_point
+        stages.append(stage)
+        parameters.append(stage_parameters)
+    y = conv_chain(x, parameters, stages)
+    _require_varied("chain y", y)
+    offset = in_place_offset(stages, x.shape)
+    if not -y.size < offset < x.size:
+        raise SystemExit(f"in place, y at {offset} bytes from x does not overlap it: pick another chain geometry")
+    kernels = [layer.kernel for layer in CHAIN_LAYERS]
+    geometries, others = _stage_rows(x.shape, stages, kernels)
+    out.array("chain_x", x)
+    for name, arrays in zip(("chain_w", "chain_bias", "chain_multiplier", "chain_shift"), zip(*parameters)):
+        out.arrays(name, arrays)
+    out.table("kChainGeometry", geometries)
+    out.table("kChainStages", others)
+    out.scalar("kChainScratchBytes", np.int32(scratch_bytes(stages, kernels)))
+    out.scalar("kChainInPlaceOffset", np.int32(offset))
+    layout = _in_place_layout(offset, x.size, y.size)
+    for name, value in zip(("kChainXAt", "kChainYAt", "kChainSharedBytes"), layout):
+        out.scalar(name, np.int32(value))
+    out.array("expected_chain_y", y)
+
+
 def build_case(seed: int) -> Header:
     rng = np.random.default_rng(seed)
     out = Header()
@@ -116,12 +251,11 @@ def build_case(seed: int) -> Header:
     w1 = _int8(rng, (C1, 3, 3, C0))
     w1_scale = _scales(rng, C1, 0.004, 0.01)
     b1 = rng.integers(-2000, 2000, size=C1).astype(np.int32)
-    multiplier, shift = zip(*(quantize_multiplier(float(x0_scale) * float(s) / float(y1_scale)) for s in w1_scale))
-    multiplier, shift = np.array(multiplier, np.int32), np.array(shift, np.int32)
+    multiplier, shift = _requantization(x0_scale, w1_scale, y1_scale)
     w1_qas, b1_qas = (F32(1) / w1_scale).astype(F32), (F32(1) / (w1_scale * x0_scale)).astype(F32)
 
     # --- layer 2: DEPTHWISE 3x3 stride 1 SAME + ReLU6 (forward by the builtin)
-    y2_zp, y2_act_max = -30, 90
+    y2_zp, y2_act_max, y2_scale = -30, 90, F32(0.05)  # 6.0 at act_max
     pad2 = resolve_padding("SAME", out1, 3, 1, 1)[1]
     win2 = dict(pad_top=pad2, pad_left=pad2)
     y2 = _int8(rng, (1, out1, out1, C1), y2_zp, y2_act_max)
@@ -143,6 +277,7 @@ def build_case(seed: int) -> Header:
 
     out.scalar("kX0ZeroPoint", np.int32(x0_zp)); out.scalar("kX0Scale", x0_scale)
     out.scalar("kY1ZeroPoint", np.int32(y1_zp)); out.scalar("kY1Scale", y1_scale)
+    out.scalar("kY2ZeroPoint", np.int32(y2_zp))
     out.scalar("kY2ActMin", np.int32(y2_zp)); out.scalar("kY2ActMax", np.int32(y2_act_max))
     out.scalar("kPZeroPoint", np.int32(p_zp)); out.scalar("kPScale", p_scale)
     out.scalar("kLogitsZeroPoint", np.int32(logits_zp)); out.scalar("kLogitsScale", logits_scale)
@@ -174,6 +309,16 @@ def build_case(seed: int) -> Header:
                       x_zero_point=x0_zp, y_zero_point=y1_zp, act_min=y1_zp, act_max=127, **win1)
     out.array("expected_y1", y1)
 
+    act2 = dict(act_min=y2_zp, act_max=y2_act_max)
+    multiplier2, shift2 = _requantization(y1_scale, w2_scale, y2_scale)
+    y2_forward = depthwise_conv2d(y1, w2, b2, multiplier2, shift2, output_height=out1, output_width=out1,
+                                  x_zero_point=y1_zp, y_zero_point=y2_zp, **act2, **win2)
+    _require_varied("y2_forward", y2_forward)
+    out.array("multiplier2", multiplier2); out.array("shift2", shift2)
+    out.array("expected_y2_forward", y2_forward)
+    out.array("expected_y2_mask", pack_activation_mask(y2, **act2))
+    add_conv_chain(out, seed)
+
     loss, dlogits = softmax_xent(logits, LABEL, logits_scale=logits_scale, logits_zero_point=logits_zp)
     out.scalar("kExpectedLoss", F32(loss))
     out.array("expected_dlogits", dlogits)
@@ -188,7 +333,6 @@ def build_case(seed: int) -> Header:
 
     dy2 = mean_grad(dp, input_height=out1, input_width=out1)
     out.array("expected_dy2", dy2)
-    act2 = dict(act_min=y2_zp, act_max=y2_act_max)
     dy1 = depthwise_input_grad(dy2, y2, w2, w2_scale, input_height=out1, input_width=out1, input_channels=C1,
                                **act2, **win2)
     out.array("expected_dy1", dy1)

@@ -7,9 +7,12 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/activation_mask.h"
+#include "core/conv_chain.h"
 #include "core/conv_geometry.h"
 #include "core/conv_grad.h"
 #include "core/conv_update.h"
+#include "core/depthwise_conv.h"
 #include "core/depthwise_grad.h"
 #include "core/depthwise_pointwise_grad.h"
 #include "core/mean_grad.h"
@@ -108,11 +111,41 @@ WeightGradSpec Layer2Spec(const ConvGeometry& geometry) {
   return LayerSpec(geometry, kC1, kC1, true, fc::kY1ZeroPoint, fc::kY1Scale);
 }
 
+// TFLT_CONV_CHAIN's stage i, as its kernel's Prepare builds it from the
+// op's options and inputs.
+ConvChainStage ChainStage(int i) {
+  const int* s = fc::kChainStages[i];
+  ConvChainStage stage;
+  stage.depthwise = s[0] != 0;
+  stage.in_channels = s[1];
+  stage.out_channels = s[2];
+  stage.depth_multiplier = s[3];
+  stage.conv.geometry = Geometry(fc::kChainGeometry[i]);
+  stage.conv.x_zero_point = s[4];
+  stage.conv.y_zero_point = s[5];
+  stage.conv.act_min = s[6];
+  stage.conv.act_max = s[7];
+  stage.weight = fc::chain_w[i];
+  stage.bias = fc::chain_bias[i];
+  stage.multiplier = fc::chain_multiplier[i];
+  stage.shift = fc::chain_shift[i];
+  return stage;
+}
+
+constexpr int kChainCount = Count(fc::kChainStages);
+
 // Tensors the step writes: the arena of a real deployment.
 int32_t state[2];
 int8_t w1_train[Count(fc::expected_w1_train)];
 int32_t b1_train[kC1];
 int8_t y1[Count(fc::expected_y1)];
+int8_t y2_forward[Count(fc::expected_y2_forward)];
+uint8_t y2_mask[Count(fc::expected_y2_mask)];
+ConvChainStage chain[kChainCount];
+RowWindow chain_windows[kChainCount - 1];
+int8_t chain_scratch[fc::kChainScratchBytes];
+int8_t chain_y[Count(fc::expected_chain_y)];
+int8_t chain_shared[fc::kChainSharedBytes];  // x and y of the in-place run
 float loss;
 float dlogits[kClasses];
 float dp[kC1];
@@ -125,6 +158,51 @@ float dx0p[Count(fc::expected_dx0p)];
 float g[Count(fc::expected_g)];
 float dx0b[Count(fc::expected_dx0b)];
 float gb[Count(fc::expected_gb)];
+
+// TFLT_CONV_CHAIN from x to y. `prepared`: the kernel's Prepare would have
+// accepted the buffers (a chain run past its scratch would corrupt memory,
+// so it does not run at all then).
+void ChainOp(const char* name, bool prepared, const int8_t* x, int8_t* y) {
+  Op(name, [&] {
+    if (prepared) {
+      ConvChain(chain, kChainCount, x, chain_scratch, chain_windows, y);
+    }
+  }, [&] { return prepared && Same(y, fc::expected_chain_y); });
+}
+
+// The forward ops the model's step does not use (see gen_firmware_case.py).
+void RunForwardOps() {
+  Op("TFLT_DEPTHWISE_CONV_2D", [&] {
+    DepthwiseConvParams params;
+    params.conv.geometry = Geometry(fc::kDepthwiseGeometry);
+    params.conv.x_zero_point = fc::kY1ZeroPoint;
+    params.conv.y_zero_point = fc::kY2ZeroPoint;
+    params.conv.act_min = fc::kY2ActMin;
+    params.conv.act_max = fc::kY2ActMax;
+    params.in_channels = kC1;
+    DepthwiseConv(params, y1, fc::w2, fc::b2, fc::multiplier2, fc::shift2,
+                  y2_forward);
+  }, [&] { return Same(y2_forward, fc::expected_y2_forward); });
+
+  Op("TFLT_ACTIVATION_MASK", [&] {
+    PackActivationMask(fc::y2, Count(fc::y2), fc::kY2ActMin, fc::kY2ActMax,
+                       y2_mask);
+  }, [&] { return Same(y2_mask, fc::expected_y2_mask); });
+
+  for (int i = 0; i < kChainCount; ++i) chain[i] = ChainStage(i);
+  // The reference sized the scratch; the kernel must need exactly as much.
+  const bool scratch_fits =
+      ConvChainScratchBytes(chain, kChainCount) == sizeof(chain_scratch);
+  ChainOp("TFLT_CONV_CHAIN", scratch_fits, fc::chain_x, chain_y);
+
+  // The reference laid x and y out in one buffer at its in-place offset.
+  std::memcpy(chain_shared + fc::kChainXAt, fc::chain_x, sizeof(fc::chain_x));
+  const bool in_place_fits =
+      scratch_fits &&
+      ConvChainInPlaceOffset(chain, kChainCount) == fc::kChainInPlaceOffset;
+  ChainOp("TFLT_CONV_CHAIN (in place)", in_place_fits,
+          chain_shared + fc::kChainXAt, chain_shared + fc::kChainYAt);
+}
 
 void RunTrainingStep() {
   const ConvGeometry conv1 = Geometry(fc::kConv1Geometry);
@@ -157,6 +235,8 @@ void RunTrainingStep() {
     params.act_max = 127;
     SplitConv(params, fc::x0, w1, b1_train, fc::multiplier1, fc::shift1, y1);
   }, [&] { return Same(y1, fc::expected_y1); });
+
+  RunForwardOps();
 
   Op("TFLT_SOFTMAX_XENT", [&] {
     SoftmaxXent(fc::logits, kClasses, fc::kLogitsScale, fc::kLogitsZeroPoint,
