@@ -154,3 +154,16 @@ def test_pass_keeps_chains_that_would_raise_the_peak(monkeypatch):
     graph = chain.graph()
     assert_chain_is_the_layers(chain, np.random.default_rng(4), images=1)  # fusing it would still be exact
     assert lowering.conv_chain_op(graph, chain.lowered(graph)).outputs[1].size == 16
+
+
+def test_only_one_graph_input_roots_chains_written_in_place():
+    """Graph inputs all live from the start, so two of them at one offset would collide: only the first
+    input a chain can write over is placed."""
+    chains = [random_chain(np.random.default_rng(seed), WIDE_HEAD, 24, 24, 3) for seed in (5, 6)]
+    graphs = [chain.graph() for chain in chains]
+    ops = [op for chain, graph in zip(chains, graphs) for op in fused(chain, graph)]
+    graph = ir.Graph(ops, [chain.x for chain in chains], [chain.y for chain in chains],
+                     [t for g in graphs for t in g.tensors])
+    offsets = memory.in_place_offsets(graph)
+    assert id(chains[0].x) in offsets and id(chains[0].y) in offsets
+    assert not {id(chains[1].x), id(chains[1].y)} & set(offsets)

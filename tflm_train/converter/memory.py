@@ -81,7 +81,8 @@ def in_place_offsets(graph: ir.Graph) -> dict:
     """{id(tensor): head offset} placing each TFLT_CONV_CHAIN's output over its input where the input dies
     there, as far on as the chain allows (kernels_grad/conv_chain.in_place_offset, rounded down to the
     arena's alignment), and only where they overlap. TFLM plans tensors apart, so such a pair needs offsets
-    of the model's own; the input must be a graph input or such an output, whose place is free to choose."""
+    of the model's own; the input must be such an output or a graph input, whose place is free to choose
+    (one graph input only: graph inputs all live from the start)."""
     readers = ir.readers(graph.ops)
     outputs = {id(t) for t in graph.outputs}
     relative = {id(t): None for t in graph.inputs}
@@ -92,7 +93,9 @@ def in_place_offsets(graph: ir.Graph) -> dict:
         limit = conv_chain.in_place_offset(decode_options(ConvChainOptions, op)["stages"], x.shape)
         distance = min(limit, 0) // ALIGNMENT * ALIGNMENT
         if distance + y.nbytes > 0:
-            relative[id(x)] = relative[id(x)] or 0
+            if relative[id(x)] is None:
+                relative = {key: offset for key, offset in relative.items() if offset is not None}
+                relative[id(x)] = 0
             relative[id(y)] = relative[id(x)] + distance
     placed = {key: offset for key, offset in relative.items() if offset is not None}
     base = min(placed.values(), default=0)
