@@ -54,6 +54,7 @@ def test_estimate_of_a_chained_model(person_detect_training, measured):
     chains = [op for op in graph.ops if op.kind == "TFLT_CONV_CHAIN"]
     assert sum(len(op.inputs) - 1 for op in chains) == 4 * 18
     assert {id(t) for op in chains for t in (op.inputs[0], op.outputs[0])} == set(graph.arena_offsets)
+    assert measured["offline_planned_tensors"] == len(graph.arena_offsets)
     estimate = memory.estimate(graph)
     assert estimate.planned_bytes == measured["measured_head_bytes"]
     assert abs(estimate.arena_bytes - measured["measured_arena_bytes"]) <= 16

@@ -25,6 +25,8 @@ def report(graph: ir.Graph) -> dict:
         "estimated_arena_bytes": est.arena_bytes,
         "estimated_planned_bytes": est.planned_bytes,
         "estimated_persistent_bytes": est.variable_bytes + est.overhead_bytes,
+        # Tensors whose arena offset the model itself gives TFLM (in-place chains, its own arena plan).
+        "offline_planned_tensors": len(memory.arena_offsets(graph)),
         "timeline": [{"op": i, "kind": op.kind, "role": op.role, "live_bytes": live}
                      for i, (op, live) in enumerate(zip(graph.ops, est.timeline))],
     }
@@ -39,6 +41,8 @@ def _print_table(path: str, r: dict) -> None:
             print(f"  {t['kind']:6s} {t['bytes']:8d} B  {str(t['shape']):18s} {t['layer']}")
     print(f"\nestimated arena: {r['estimated_arena_bytes']} bytes "
           f"(planned {r['estimated_planned_bytes']}, persistent {r['estimated_persistent_bytes']})")
+    if r["offline_planned_tensors"]:
+        print(f"offline-planned tensors: {r['offline_planned_tensors']} (the model's own arena offsets)")
     for key in ("measured_arena_bytes", "peak_sram_bytes"):
         if key in r:
             print(f"{key.replace('_', ' ')}: {r[key]}")
