@@ -134,6 +134,12 @@ def plot_bars(runs: list, path: str) -> None:
                   for s in labels]
         ax.bar([i + offset for i in range(len(labels))], values, width, label=name)
     ax.axhline(BUDGET_BYTES / 1024, color="red", linestyle="--", label="256 KB")
+    # The paper's sparse + reorder figure of each model, across that model's schemes.
+    for model, (_, _, paper) in PAPER_KB.items():
+        columns = [i for i, s in enumerate(labels) if any(r.model == model and r.scheme == s for r in sparse)]
+        if columns:
+            ax.hlines(paper, columns[0] - 0.45, columns[-1] + 0.45, colors="black", linestyles=":",
+                      label="paper, sparse + reorder" if model == MODELS[0] else None)
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_ylabel("peak SRAM of a training step (KB)")
     ax.set_title("Measured in the stock TFLM interpreter (x86-64 wheel)")
