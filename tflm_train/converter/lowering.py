@@ -71,10 +71,9 @@ def fuse_conv_chains(graph: ir.Graph, ops: list) -> list:
     # optimized ones, the windows' row shifts): those that do not lower the peak are dropped, those
     # with the least to save first.
     forward = [op for op in ops if op.role == "forward"]
-    tensors = graph.tensors + staging.tensors
-
     def forward_peak(kept: dict) -> int:
-        trial = ir.Graph(_with_chains(forward, kept), graph.inputs, graph.outputs, tensors)
+        # staging grows as cuts are tried: each trial sees the scratch of the chains it holds
+        trial = ir.Graph(_with_chains(forward, kept), graph.inputs, graph.outputs, graph.tensors + staging.tensors)
         return memory.estimate(trial).planned_bytes
 
     kept, best = chains, forward_peak(chains)
