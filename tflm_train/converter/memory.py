@@ -90,8 +90,7 @@ def in_place_offsets(graph: ir.Graph) -> dict:
         x, y = (op.inputs[0], op.outputs[0]) if op.kind == "TFLT_CONV_CHAIN" else (None, None)
         if x is None or id(x) not in relative or id(x) in outputs or readers[id(x)][-1][0] != i:
             continue
-        limit = conv_chain.in_place_offset(decode_options(ConvChainOptions, op)["stages"], x.shape)
-        distance = min(limit, 0) // ALIGNMENT * ALIGNMENT
+        distance = min(_in_place_limit(op), 0) // ALIGNMENT * ALIGNMENT
         if distance + y.nbytes > 0:
             if relative[id(x)] is None:
                 relative = {key: offset for key, offset in relative.items() if offset is not None}
@@ -100,6 +99,11 @@ def in_place_offsets(graph: ir.Graph) -> dict:
     placed = {key: offset for key, offset in relative.items() if offset is not None}
     base = min(placed.values(), default=0)
     return {key: offset - base for key, offset in placed.items()}
+
+
+def _in_place_limit(chain: ir.Op) -> int:
+    """How far into its input a TFLT_CONV_CHAIN's output may start (kernels_grad/conv_chain.in_place_offset)."""
+    return conv_chain.in_place_offset(decode_options(ConvChainOptions, chain)["stages"], chain.inputs[0].shape)
 
 
 def plan_arena(graph: ir.Graph) -> dict:
@@ -292,6 +296,6 @@ def _in_place_saving(chain: ir.Op) -> int:
     """Bytes of x and y a chain's output written over its input saves at best: y placed as far on
     into x as it may go, or at x's start."""
     x, y = chain.inputs[0], chain.outputs[0]
-    limit = conv_chain.in_place_offset(decode_options(ConvChainOptions, chain)["stages"], x.shape)
+    limit = _in_place_limit(chain)
     footprint = max(x.nbytes, y.nbytes) if limit >= 0 else max(x.nbytes - limit, y.nbytes)
     return max(0, x.nbytes + y.nbytes - footprint)
